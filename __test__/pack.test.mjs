@@ -1,6 +1,6 @@
-// What a user installs: `npm pack` the main package and this platform's package, install both
-// tarballs (from files) into an empty project outside the repository, and call the addon there
-// with no LD_LIBRARY_PATH / DYLD_LIBRARY_PATH.
+// What a user installs: the main package and this platform's package as `npm pack` makes them
+// for publishing (scripts/pack.mjs), installed from the tarball files into an empty project
+// outside the repository, and called there with no LD_LIBRARY_PATH / DYLD_LIBRARY_PATH.
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import { existsSync, mkdtempSync, readdirSync, realpathSync, rmSync, writeFileSync } from 'node:fs'
@@ -8,18 +8,14 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, test } from 'node:test'
 
-import { platformKey, root } from '../scripts/lib.mjs'
+import { platformKey } from '../scripts/lib.mjs'
+import { packRelease } from '../scripts/pack.mjs'
 
 const work = mkdtempSync(join(tmpdir(), 'mlx-node-pack-'))
 after(() => rmSync(work, { recursive: true, force: true }))
 
 function npm(args, cwd) {
   return execFileSync('npm', [...args, '--no-audit', '--no-fund'], { cwd, encoding: 'utf8' })
-}
-
-function pack(dir) {
-  const out = JSON.parse(npm(['pack', '--json', '--pack-destination', work], dir))
-  return { file: join(work, out[0].filename), files: out[0].files.map((f) => f.path) }
 }
 
 function cleanEnv() {
@@ -32,8 +28,7 @@ function cleanEnv() {
 
 test('packed tarballs install into a fresh project and load there', { timeout: 300_000 }, () => {
   const key = platformKey()
-  const main = pack(root)
-  const native = pack(join(root, 'npm', key))
+  const { main, native } = packRelease(work)
 
   // The main package is JS only; the platform package carries the addon and MLX's runtime.
   assert.ok(main.files.includes('index.js') && main.files.includes('index.d.ts'), main.files)
