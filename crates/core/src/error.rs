@@ -8,12 +8,36 @@ use std::fmt;
 pub enum ErrorCode {
     /// MLX itself reported a failure.
     Mlx,
+    /// A file or folder could not be read (missing, unreadable).
+    Io,
+    /// `config.json` is missing a key, has a wrong type, or is inconsistent.
+    InvalidConfig,
+    /// The model type or architecture is not one this engine runs.
+    UnsupportedModel,
+    /// A weight the model needs is not in its files.
+    MissingTensor,
+    /// A weight has another shape than the config implies.
+    ShapeMismatch,
+    /// A safetensors file is truncated or malformed.
+    InvalidSafetensors,
+    /// A quantization mode, bit width or group size this engine cannot run.
+    UnsupportedQuantization,
+    /// A caller passed a value out of range (token ids, options).
+    InvalidArgument,
 }
 
 impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::Mlx => "MLX_ERROR",
+            ErrorCode::Io => "IO_ERROR",
+            ErrorCode::InvalidConfig => "INVALID_CONFIG",
+            ErrorCode::UnsupportedModel => "UNSUPPORTED_MODEL",
+            ErrorCode::MissingTensor => "MISSING_TENSOR",
+            ErrorCode::ShapeMismatch => "SHAPE_MISMATCH",
+            ErrorCode::InvalidSafetensors => "INVALID_SAFETENSORS",
+            ErrorCode::UnsupportedQuantization => "UNSUPPORTED_QUANTIZATION",
+            ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
         }
     }
 }
@@ -38,6 +62,11 @@ impl Error {
             message: message.into(),
         }
     }
+}
+
+/// Shorthand for `Err(Error::new(code, message))`.
+pub fn fail<T>(code: ErrorCode, message: impl Into<String>) -> Result<T> {
+    Err(Error::new(code, message))
 }
 
 impl From<mlx_rs::error::Exception> for Error {

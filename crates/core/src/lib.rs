@@ -1,11 +1,24 @@
 //! The engine behind `@mlx-node/lm`: Qwen3.5 over MLX through mlx-rs, in plain Rust.
 //!
-//! Layers, each using only the ones above it: `runtime` (what MLX this process runs on) and
-//! `error` first; the model's config, weights, layers, caches and generation follow in later
-//! modules. The Node addon (the workspace's root crate) only translates types and errors.
+//! Layers, each using only those before it: `error` and `runtime`; `config` (config.json) and
+//! `safetensors` (file headers); `weights` (tensor names and layouts); the building blocks
+//! `linear`, `norm`, `attention`, `gated_delta`, `mlp`; `cache`; `model`; `generate`.
+//! The Node addon (the workspace's root crate) only translates types and errors.
 
+pub mod attention;
+pub mod cache;
+pub mod config;
 pub mod error;
+pub mod gated_delta;
+pub mod generate;
+pub mod linear;
+pub mod mlp;
+pub mod model;
+pub mod norm;
 pub mod runtime;
+pub mod safetensors;
+pub mod weights;
 
 pub use error::{Error, ErrorCode, Result};
+pub use model::{Logits, Qwen35};
 pub use runtime::{mlx_info, Backend, MlxInfo};

@@ -1,0 +1,114 @@
+//! Gated full attention (every few layers of Qwen3.5): q_proj yields a query and an output
+//! gate per head, q and k are RMS-normalised per head, the first `rotary_dims` of each head get
+//! NeoX-style RoPE, keys/values are grouped over fewer heads (GQA), and the attention output is
+//! multiplied by `sigmoid(gate)` before o_proj.
+
+use mlx_rs::fast::{rope, scaled_dot_product_attention, ScaledDotProductAttentionMask};
+use mlx_rs::ops::sigmoid;
+use mlx_rs::Array;
+
+use crate::cache::KvCache;
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::linear::{slice_axis, Linear};
+use crate::norm::RmsNorm;
+use crate::weights::WeightStore;
+
+pub struct GatedAttention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+    heads: i32,
+    kv_heads: i32,
+    head_dim: i32,
+    rotary_dims: i32,
+    rope_theta: f32,
+}
+
+impl GatedAttention {
+    pub fn load(w: &WeightStore, prefix: &str, c: &ModelConfig) -> Result<Self> {
+        let (h, nh, nkv, hd) = (
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_kv_heads,
+            c.head_dim,
+        );
+        let norm = |name: &str| -> Result<RmsNorm> {
+            Ok(RmsNorm {
+                weight: w.shifted_norm(&format!("{prefix}.{name}.weight"), hd)?,
+                eps: c.rms_norm_eps,
+            })
+        };
+        Ok(GatedAttention {
+            q_proj: Linear(w.linear(&format!("{prefix}.q_proj"), 2 * nh * hd, h)?),
+            k_proj: Linear(w.linear(&format!("{prefix}.k_proj"), nkv * hd, h)?),
+            v_proj: Linear(w.linear(&format!("{prefix}.v_proj"), nkv * hd, h)?),
+            o_proj: Linear(w.linear(&format!("{prefix}.o_proj"), h, nh * hd)?),
+            q_norm: norm("q_norm")?,
+            k_norm: norm("k_norm")?,
+            heads: nh as i32,
+            kv_heads: nkv as i32,
+            head_dim: hd as i32,
+            rotary_dims: c.rotary_dims() as i32,
+            rope_theta: c.rope_theta,
+        })
+    }
+
+    /// `x`: `[B, T, hidden]`; `offset`: position of its first token.
+    pub fn forward(&self, x: &Array, cache: &mut KvCache, offset: usize) -> Result<Array> {
+        let (b, t) = (x.shape()[0], x.shape()[1]);
+        let hd = self.head_dim;
+        // The query and its gate are interleaved per head: [q_0 | gate_0 | q_1 | gate_1 | …].
+        let qg = self
+            .q_proj
+            .forward(x)?
+            .reshape(&[b, t, self.heads, 2 * hd])?;
+        let q = slice_axis(&qg, -1, 0, hd)?;
+        let gate = slice_axis(&qg, -1, hd, 2 * hd)?.reshape(&[b, t, self.heads * hd])?;
+        let q = self.q_norm.forward(&q)?;
+        let k =
+            self.k_norm.forward(
+                &self
+                    .k_proj
+                    .forward(x)?
+                    .reshape(&[b, t, self.kv_heads, hd])?,
+            )?;
+        let v = self
+            .v_proj
+            .forward(x)?
+            .reshape(&[b, t, self.kv_heads, hd])?;
+        let [q, k, v] = [q, k, v].map(|a| a.transpose_axes(&[0, 2, 1, 3]));
+        let position = offset as i32;
+        let q = rope(
+            q?,
+            self.rotary_dims,
+            false,
+            self.rope_theta,
+            1.0,
+            position,
+            None,
+        )?;
+        let k = rope(
+            k?,
+            self.rotary_dims,
+            false,
+            self.rope_theta,
+            1.0,
+            position,
+            None,
+        )?;
+        let (keys, values) = cache.extend(k, v?)?;
+        let scale = (hd as f32).powf(-0.5);
+        // MLX's causal mask lines the queries up with the last keys, as a cache needs.
+        let mask = (t > 1).then_some(ScaledDotProductAttentionMask::Causal);
+        let o = scaled_dot_product_attention(q, keys, values, scale, mask, None)?;
+        let o = o
+            .transpose_axes(&[0, 2, 1, 3])?
+            .reshape(&[b, t, self.heads * hd])?
+            .multiply(sigmoid(&gate)?)?;
+        self.o_proj.forward(&o)
+    }
+}

@@ -1,0 +1,170 @@
+//! The Qwen3.5 text model: embeddings, a stack of decoder layers (Gated DeltaNet or gated
+//! attention, then an MLP or mixture of experts, each behind a zero-centred RMSNorm and a
+//! residual), the final norm and the output head (tied to the embeddings or not).
+
+use std::path::Path;
+
+use mlx_rs::{Array, Dtype};
+
+use crate::attention::GatedAttention;
+use crate::cache::{LayerCache, ModelCache};
+use crate::config::{LayerKind, ModelConfig};
+use crate::error::{fail, ErrorCode, Result};
+use crate::gated_delta::GatedDeltaNet;
+use crate::linear::{slice_axis, Embedding, Linear};
+use crate::mlp::{FeedForward, SparseMoe, SwiGlu};
+use crate::norm::RmsNorm;
+use crate::weights::WeightStore;
+
+enum Mixer {
+    Linear(GatedDeltaNet),
+    Attention(GatedAttention),
+}
+
+struct DecoderLayer {
+    input_norm: RmsNorm,
+    mixer: Mixer,
+    post_norm: RmsNorm,
+    ffn: FeedForward,
+}
+
+pub struct Qwen35 {
+    pub config: ModelConfig,
+    pub dtype: Dtype,
+    embed: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+}
+
+/// Which positions of a forward pass to turn into logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position: `[B, vocab]`.
+    Last,
+    /// Every position: `[B, T, vocab]`.
+    All,
+}
+
+impl Qwen35 {
+    /// Loads a model folder (Hugging Face or MLX layout), computing in `dtype`.
+    pub fn load(dir: &Path, dtype: Dtype) -> Result<Self> {
+        let config = ModelConfig::load(dir)?;
+        let weights = WeightStore::open(dir, &config, dtype)?;
+        Self::from_weights(config, &weights, dtype)
+    }
+
+    pub fn from_weights(config: ModelConfig, w: &WeightStore, dtype: Dtype) -> Result<Self> {
+        let c = &config;
+        let h = c.hidden_size;
+        let norm = |name: String| -> Result<RmsNorm> {
+            Ok(RmsNorm {
+                weight: w.shifted_norm(&name, h)?,
+                eps: c.rms_norm_eps,
+            })
+        };
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for (i, kind) in c.layer_kinds.iter().enumerate() {
+            let p = format!("layers.{i}");
+            let mixer = match kind {
+                LayerKind::Linear => {
+                    Mixer::Linear(GatedDeltaNet::load(w, &format!("{p}.linear_attn"), c)?)
+                }
+                LayerKind::Full => {
+                    Mixer::Attention(GatedAttention::load(w, &format!("{p}.self_attn"), c)?)
+                }
+            };
+            let ffn = match c.moe {
+                Some(_) => FeedForward::Sparse(SparseMoe::load(w, i, c)?),
+                None => FeedForward::Dense(SwiGlu::load(
+                    w,
+                    &format!("{p}.mlp"),
+                    h,
+                    c.intermediate_size,
+                )?),
+            };
+            layers.push(DecoderLayer {
+                input_norm: norm(format!("{p}.input_layernorm.weight"))?,
+                mixer,
+                post_norm: norm(format!("{p}.post_attention_layernorm.weight"))?,
+                ffn,
+            });
+        }
+        let embed = Embedding(w.linear("embed_tokens", c.vocab_size, h)?);
+        let lm_head = if c.tie_word_embeddings || !w.contains("lm_head.weight") {
+            if !c.tie_word_embeddings {
+                return fail(
+                    ErrorCode::MissingTensor,
+                    "tensor `lm_head.weight` is missing and config.json does not tie it to the embeddings",
+                );
+            }
+            embed.as_linear()
+        } else {
+            Linear(w.linear("lm_head", c.vocab_size, h)?)
+        };
+        Ok(Qwen35 {
+            norm: norm("norm.weight".into())?,
+            embed,
+            layers,
+            lm_head,
+            dtype,
+            config,
+        })
+    }
+
+    pub fn new_cache(&self) -> ModelCache {
+        ModelCache::new(&self.config.layer_kinds)
+    }
+
+    /// Runs `tokens` `[B, T]` (int32) after what `cache` holds, and advances it.
+    pub fn forward(&self, tokens: &Array, cache: &mut ModelCache, which: Logits) -> Result<Array> {
+        let t = tokens.shape()[1];
+        let vocab = self.config.vocab_size as i32;
+        let mut h = self.embed.lookup(tokens)?;
+        for (layer, state) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let x = layer.input_norm.forward(&h)?;
+            let x = match (&layer.mixer, state) {
+                (Mixer::Linear(m), LayerCache::Linear(s)) => m.forward(&x, s)?,
+                (Mixer::Attention(m), LayerCache::Attention(kv)) => {
+                    m.forward(&x, kv, cache.offset)?
+                }
+                _ => {
+                    return fail(
+                        ErrorCode::InvalidArgument,
+                        "the cache does not belong to this model",
+                    )
+                }
+            };
+            h = h.add(x)?;
+            let x = layer.ffn.forward(&layer.post_norm.forward(&h)?)?;
+            h = h.add(x)?;
+        }
+        cache.offset += t as usize;
+        let h = match which {
+            Logits::Last => slice_axis(&h, 1, t - 1, t)?,
+            Logits::All => h,
+        };
+        let logits = self.lm_head.forward(&self.norm.forward(&h)?)?;
+        Ok(match which {
+            Logits::Last => logits.reshape(&[-1, vocab])?,
+            Logits::All => logits,
+        })
+    }
+
+    /// Checks that every id is inside the vocabulary.
+    pub fn check_tokens(&self, ids: &[u32]) -> Result<()> {
+        if let Some(bad) = ids
+            .iter()
+            .find(|&&id| id as usize >= self.config.vocab_size)
+        {
+            return fail(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "token id {bad} is outside the vocabulary (size {})",
+                    self.config.vocab_size
+                ),
+            );
+        }
+        Ok(())
+    }
+}

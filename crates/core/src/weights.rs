@@ -1,0 +1,323 @@
+//! The tensors of a model folder under one naming scheme, whatever layout wrote them:
+//!
+//! | layout | body prefix | output head | norms | conv1d |
+//! |---|---|---|---|---|
+//! | Hugging Face (vision-language) | `model.language_model.` | `lm_head.weight` | stored as `w`, used as `1 + w` | `[C, 1, K]` |
+//! | Hugging Face (text only) | `model.` | `lm_head.weight` | as above | as above |
+//! | MLX (mlx-lm) | `language_model.model.` | `language_model.lm_head.weight` | stored as `1 + w` | `[C, K, 1]` |
+//!
+//! Names here are relative to the text model (`layers.3.self_attn.q_proj.weight`, `norm.weight`,
+//! `lm_head.weight`). Vision tower and multi-token-prediction tensors are skipped. Float weights
+//! are converted to the compute dtype as they are taken, one at a time and evaluated at once,
+//! so that the original (usually bf16) copy is released before the next tensor is read.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use mlx_rs::{Array, Dtype};
+
+use crate::config::{ModelConfig, QuantParams};
+use crate::error::{fail, Error, ErrorCode, Result};
+use crate::linear::{slice_axis, Weight};
+use crate::safetensors::{model_files, SafetensorsFile};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    HuggingFace,
+    HuggingFaceText,
+    Mlx,
+}
+
+impl Layout {
+    /// The MLX-layout module path of a text-model name (without `.weight`), as mlx-lm's
+    /// `quantization` overrides spell it.
+    fn mlx_module_path(name: &str) -> String {
+        match name.strip_prefix("lm_head") {
+            Some(rest) => format!("language_model.lm_head{rest}"),
+            None => format!("language_model.model.{name}"),
+        }
+    }
+}
+
+pub struct WeightStore {
+    tensors: HashMap<String, (Array, PathBuf)>,
+    pub layout: Layout,
+    /// Whether the zero-centred norms still need `+1` (Hugging Face files).
+    shift_norms: bool,
+    dtype: Dtype,
+    config: ModelConfig,
+}
+
+fn shape_of(a: &Array) -> Vec<usize> {
+    a.shape().iter().map(|&d| d as usize).collect()
+}
+
+impl WeightStore {
+    /// Opens every safetensors file of `dir` (checking each header) and maps tensor names.
+    pub fn open(dir: &Path, config: &ModelConfig, dtype: Dtype) -> Result<Self> {
+        let mut tensors = HashMap::new();
+        let mut layout = None;
+        for path in model_files(dir)? {
+            let file = SafetensorsFile::open(&path)?;
+            for (name, array) in file.load()? {
+                let (name, found) = match Self::canonical(&name) {
+                    Some(mapped) => mapped,
+                    None => continue,
+                };
+                if let Some(found) = found {
+                    layout.get_or_insert(found);
+                }
+                tensors.insert(name, (array, path.clone()));
+            }
+        }
+        let Some(layout) = layout else {
+            return fail(
+                ErrorCode::MissingTensor,
+                format!("{} holds no Qwen3.5 text-model tensors", dir.display()),
+            );
+        };
+        // mlx-lm's rule: a conv1d weight still in PyTorch's [C, 1, K] layout means the file
+        // was not sanitized, so its zero-centred norms have not been shifted either.
+        let shift_norms = tensors
+            .iter()
+            .any(|(n, (a, _))| n.ends_with("conv1d.weight") && a.shape().last() != Some(&1));
+        Ok(WeightStore {
+            tensors,
+            layout,
+            shift_norms,
+            dtype,
+            config: config.clone(),
+        })
+    }
+
+    /// Maps a file's tensor name to the text-model name, and says which layout it implies;
+    /// `None` for tensors a text model does not use.
+    fn canonical(name: &str) -> Option<(String, Option<Layout>)> {
+        if name.starts_with("model.visual.")
+            || name.starts_with("vision_tower.")
+            || name.starts_with("mtp.")
+            || name.starts_with("language_model.mtp.")
+        {
+            return None;
+        }
+        if let Some(rest) = name.strip_prefix("model.language_model.") {
+            return Some((rest.to_owned(), Some(Layout::HuggingFace)));
+        }
+        if let Some(rest) = name.strip_prefix("language_model.model.") {
+            return Some((rest.to_owned(), Some(Layout::Mlx)));
+        }
+        if let Some(rest) = name.strip_prefix("language_model.") {
+            return Some((rest.to_owned(), Some(Layout::Mlx)));
+        }
+        if let Some(rest) = name.strip_prefix("model.") {
+            return Some((rest.to_owned(), Some(Layout::HuggingFaceText)));
+        }
+        if name.starts_with("lm_head.") {
+            return Some((name.to_owned(), None));
+        }
+        None
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    fn raw(&self, name: &str) -> Result<&(Array, PathBuf)> {
+        self.tensors.get(name).ok_or_else(|| {
+            Error::new(
+                ErrorCode::MissingTensor,
+                format!(
+                    "tensor `{name}` is missing from the model files ({:?} layout)",
+                    self.layout
+                ),
+            )
+        })
+    }
+
+    fn check_shape(&self, name: &str, array: &Array, expected: &[usize]) -> Result<()> {
+        let found = shape_of(array);
+        if found != expected {
+            let file = &self.raw(name)?.1;
+            return fail(
+                ErrorCode::ShapeMismatch,
+                format!(
+                    "tensor `{name}` in {} has shape {found:?}, the config implies {expected:?}",
+                    file.display()
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    fn finish(&self, a: Array, dtype: Dtype) -> Result<Array> {
+        let a = if a.dtype() == dtype {
+            a
+        } else {
+            a.as_dtype(dtype)?
+        };
+        a.eval()?;
+        Ok(a)
+    }
+
+    /// A float tensor of the given shape, in the compute dtype.
+    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Array> {
+        let (a, _) = self.raw(name)?;
+        self.check_shape(name, a, shape)?;
+        self.finish(a.clone(), self.dtype)
+    }
+
+    /// A float tensor kept in float32 whatever the compute dtype (A_log, dt_bias).
+    pub fn tensor_f32(&self, name: &str, shape: &[usize]) -> Result<Array> {
+        let (a, _) = self.raw(name)?;
+        self.check_shape(name, a, shape)?;
+        self.finish(a.clone(), Dtype::Float32)
+    }
+
+    /// A zero-centred RMSNorm weight as the multiplier `1 + w`, added in float32.
+    pub fn shifted_norm(&self, name: &str, dim: usize) -> Result<Array> {
+        let (a, _) = self.raw(name)?;
+        self.check_shape(name, a, &[dim])?;
+        let w = if self.shift_norms {
+            a.as_dtype(Dtype::Float32)?.add(Array::from_f32(1.0))?
+        } else {
+            a.clone()
+        };
+        self.finish(w, self.dtype)
+    }
+
+    /// The depthwise conv weight as `[C, K]` (tap `K − 1` multiplies the newest input).
+    pub fn conv_weight(&self, name: &str, channels: usize, kernel: usize) -> Result<Array> {
+        let (a, _) = self.raw(name)?;
+        let shape = shape_of(a);
+        if shape != [channels, 1, kernel] && shape != [channels, kernel, 1] {
+            return fail(
+                ErrorCode::ShapeMismatch,
+                format!(
+                    "tensor `{name}` has shape {shape:?}, the config implies [{channels}, 1, {kernel}] \
+                     (or MLX's [{channels}, {kernel}, 1])"
+                ),
+            );
+        }
+        let w = a.reshape(&[channels as i32, kernel as i32])?;
+        self.finish(w, self.dtype)
+    }
+
+    /// The weight of the module `prefix` (e.g. `layers.0.mlp.down_proj`) mapping `inputs` to
+    /// `outputs`, quantized when the file has `prefix.scales`.
+    pub fn linear(&self, prefix: &str, outputs: usize, inputs: usize) -> Result<Weight> {
+        self.matrix(prefix, &[], outputs, inputs)
+    }
+
+    /// Like [`Self::linear`] for a stacked `[E, out, in]` bank stored under one name.
+    pub fn matrix(
+        &self,
+        prefix: &str,
+        lead: &[usize],
+        outputs: usize,
+        inputs: usize,
+    ) -> Result<Weight> {
+        let weight = format!("{prefix}.weight");
+        let scales = format!("{prefix}.scales");
+        let mut full = lead.to_vec();
+        full.extend([outputs, inputs]);
+        if !self.contains(&scales) {
+            return Ok(Weight::Dense(self.tensor(&weight, &full)?));
+        }
+        let params = self.quant_params(prefix, inputs)?;
+        let (codes, _) = self.raw(&weight)?;
+        let mut packed = lead.to_vec();
+        packed.extend([outputs, inputs * params.bits / 32]);
+        let mut grouped = lead.to_vec();
+        grouped.extend([outputs, inputs / params.group_size]);
+        self.check_shape(&weight, codes, &packed)?;
+        if codes.dtype() != Dtype::Uint32 {
+            return fail(
+                ErrorCode::UnsupportedQuantization,
+                format!(
+                    "quantized tensor `{weight}` is {:?}, expected uint32 codes",
+                    codes.dtype()
+                ),
+            );
+        }
+        let biases = format!("{prefix}.biases");
+        Ok(Weight::Quantized {
+            codes: self.finish(codes.clone(), Dtype::Uint32)?,
+            scales: self.tensor(&scales, &grouped)?,
+            biases: self.tensor(&biases, &grouped)?,
+            params,
+        })
+    }
+
+    fn quant_params(&self, prefix: &str, inputs: usize) -> Result<QuantParams> {
+        let path = Layout::mlx_module_path(prefix);
+        let params = self.config.quantization.for_module(&path).ok_or_else(|| {
+            Error::new(
+                ErrorCode::UnsupportedQuantization,
+                format!("`{prefix}` has quantization scales but config.json gives no quantization for `{path}`"),
+            )
+        })?;
+        if inputs % params.group_size != 0 || (inputs * params.bits) % 32 != 0 {
+            return fail(
+                ErrorCode::ShapeMismatch,
+                format!(
+                    "`{prefix}`: input size {inputs} does not split into groups of {} at {} bits",
+                    params.group_size, params.bits
+                ),
+            );
+        }
+        Ok(params)
+    }
+
+    /// The routed experts' `gate`, `up` and `down` banks of MoE layer `layer`, from any of the
+    /// three forms: mlx-lm's `switch_mlp.*`, the fused `experts.gate_up_proj` /
+    /// `experts.down_proj` of Hugging Face files, or one tensor per expert.
+    pub fn experts(
+        &self,
+        layer: usize,
+        experts: usize,
+        hidden: usize,
+        width: usize,
+    ) -> Result<[Weight; 3]> {
+        let base = format!("layers.{layer}.mlp");
+        let switch = format!("{base}.switch_mlp");
+        if self.contains(&format!("{switch}.gate_proj.weight")) {
+            return Ok([
+                self.matrix(&format!("{switch}.gate_proj"), &[experts], width, hidden)?,
+                self.matrix(&format!("{switch}.up_proj"), &[experts], width, hidden)?,
+                self.matrix(&format!("{switch}.down_proj"), &[experts], hidden, width)?,
+            ]);
+        }
+        let fused = format!("{base}.experts.gate_up_proj");
+        if self.contains(&fused) {
+            let (gate_up, _) = self.raw(&fused)?;
+            self.check_shape(&fused, gate_up, &[experts, 2 * width, hidden])?;
+            let down_name = format!("{base}.experts.down_proj");
+            let (down, _) = self.raw(&down_name)?;
+            self.check_shape(&down_name, down, &[experts, hidden, width])?;
+            let w = width as i32;
+            return Ok([
+                Weight::Dense(self.finish(slice_axis(gate_up, 1, 0, w)?, self.dtype)?),
+                Weight::Dense(self.finish(slice_axis(gate_up, 1, w, 2 * w)?, self.dtype)?),
+                Weight::Dense(self.finish(down.clone(), self.dtype)?),
+            ]);
+        }
+        let per_expert = |proj: &str, rows: usize, cols: usize| -> Result<Weight> {
+            let parts = (0..experts)
+                .map(|e| {
+                    let name = format!("{base}.experts.{e}.{proj}.weight");
+                    let (a, _) = self.raw(&name)?;
+                    self.check_shape(&name, a, &[rows, cols])?;
+                    Ok(a.clone())
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Weight::Dense(
+                self.finish(mlx_rs::ops::stack(&parts, 0)?, self.dtype)?,
+            ))
+        };
+        Ok([
+            per_expert("gate_proj", width, hidden)?,
+            per_expert("up_proj", width, hidden)?,
+            per_expert("down_proj", hidden, width)?,
+        ])
+    }
+}
