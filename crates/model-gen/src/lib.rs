@@ -1,0 +1,1 @@
+//! Random-weight Qwen3.5 checkpoints for demos, benchmarks and tests.
