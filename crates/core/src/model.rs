@@ -37,11 +37,14 @@ pub struct Qwen35 {
     lm_head: Linear,
 }
 
-/// Which positions of a forward pass to turn into logits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which positions of a forward pass to turn into logits (the output head is the largest
+/// matmul of a small model, so only the ones asked for are computed).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Logits {
     /// Only the last position: `[B, vocab]`.
     Last,
+    /// These positions of the chunk: `[B, n, vocab]`.
+    At(Vec<i32>),
     /// Every position: `[B, T, vocab]`.
     All,
 }
@@ -140,14 +143,23 @@ impl Qwen35 {
             h = h.add(x)?;
         }
         cache.offset += t as usize;
-        let h = match which {
+        let h = match &which {
             Logits::Last => slice_axis(&h, 1, t - 1, t)?,
+            Logits::At(positions) => {
+                if let Some(p) = positions.iter().find(|&&p| p < 0 || p >= t) {
+                    return fail(
+                        ErrorCode::InvalidArgument,
+                        format!("position {p} is outside the {t} tokens"),
+                    );
+                }
+                h.take_axis(Array::from_slice(positions, &[positions.len() as i32]), 1)?
+            }
             Logits::All => h,
         };
         let logits = self.lm_head.forward(&self.norm.forward(&h)?)?;
         Ok(match which {
             Logits::Last => logits.reshape(&[-1, vocab])?,
-            Logits::All => logits,
+            _ => logits,
         })
     }
 
