@@ -9,6 +9,39 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
+/** A loaded model. Its methods run on the model's own thread, one call after another. */
+export declare class Model {
+  /** The model's shape, from its config.json. */
+  get config(): ModelShape
+  /** Logits `[vocab]` at the last position after running `tokenIds` from an empty cache. */
+  logits(tokenIds: Array<number>): Promise<Float32Array>
+  /** Greedy continuation of `tokenIds`: the new token ids. */
+  generate(tokenIds: Array<number>, options?: GenerateOptions | undefined | null): Promise<number[]>
+  /** Waits for calls in flight, then frees the model. Later calls fail with MODEL_DISPOSED. */
+  dispose(): Promise<void>
+}
+
+export interface GenerateOptions {
+  /** Tokens to generate (default 16). */
+  maxNewTokens?: number
+  /** Prompt tokens per forward pass while prefilling (default 512). */
+  prefillChunkSize?: number
+}
+
+/**
+ * Loads a Qwen3.5 model folder (Hugging Face or MLX layout, quantized or not) on a new native
+ * thread of its own.
+ */
+export declare function loadModel(path: string, options?: LoadOptions | undefined | null): Promise<Model>
+
+export interface LoadOptions {
+  /**
+   * Activation dtype: `float32`, `bfloat16` or `float16`. Default: float32 on the CPU
+   * backend, the model's dtype on Metal. Quantized weights stay quantized either way.
+   */
+  dtype?: string
+}
+
 /** Which MLX this addon loaded and what it computes on. */
 export declare function mlxInfo(): MlxInfo
 
@@ -20,4 +53,25 @@ export interface MlxInfo {
   device: string
   /** `cpu` (Linux, or macOS without Metal), `metal` or `cuda`. */
   backend: string
+}
+
+/** The shape of the loaded text model, as read from its config.json. */
+export interface ModelShape {
+  modelType: string
+  vocabSize: number
+  hiddenSize: number
+  numLayers: number
+  /** `linear_attention` or `full_attention` per layer. */
+  layerTypes: Array<string>
+  numAttentionHeads: number
+  numKeyValueHeads: number
+  headDim: number
+  linearNumKeyHeads: number
+  linearNumValueHeads: number
+  numExperts?: number
+  numExpertsPerTok?: number
+  tieWordEmbeddings: boolean
+  quantized: boolean
+  /** The activation dtype the engine computes in. */
+  dtype: string
 }

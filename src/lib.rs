@@ -4,6 +4,7 @@
 use napi_derive::napi;
 
 mod errors;
+pub mod model;
 
 /// The MLX runtime this addon runs on.
 #[napi(object)]

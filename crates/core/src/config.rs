@@ -74,6 +74,8 @@ pub struct ModelConfig {
     pub moe: Option<MoeConfig>,
     /// Token ids that end generation, as the config lists them (may be empty).
     pub eos_token_ids: Vec<u32>,
+    /// The dtype the checkpoint was trained/stored in (`dtype` or `torch_dtype`), if stated.
+    pub dtype: Option<String>,
     pub quantization: Quantization,
 }
 
@@ -327,6 +329,11 @@ impl ModelConfig {
                 ids
             },
             quantization: parse_quantization(top, file)?,
+            dtype: keys
+                .opt_str("dtype")?
+                .or(keys.opt_str("torch_dtype")?)
+                .or(top_keys.opt_str("torch_dtype")?)
+                .map(str::to_owned),
             model_type,
         };
         config.validate(file)?;
@@ -352,20 +359,23 @@ impl ModelConfig {
                 return bad(format!("{name} must be positive"));
             }
         }
-        if self.num_attention_heads % self.num_kv_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_kv_heads) {
             return bad(format!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 self.num_attention_heads, self.num_kv_heads
             ));
         }
-        if self.linear_value_heads % self.linear_key_heads != 0 {
+        if !self
+            .linear_value_heads
+            .is_multiple_of(self.linear_key_heads)
+        {
             return bad(format!(
                 "linear_num_value_heads ({}) is not a multiple of linear_num_key_heads ({})",
                 self.linear_value_heads, self.linear_key_heads
             ));
         }
         let rotary = self.rotary_dims();
-        if rotary == 0 || rotary > self.head_dim || rotary % 2 != 0 {
+        if rotary == 0 || rotary > self.head_dim || !rotary.is_multiple_of(2) {
             return bad(format!(
                 "partial_rotary_factor {} gives {rotary} rotary dims of head_dim {}",
                 self.partial_rotary_factor, self.head_dim

@@ -24,6 +24,8 @@ pub enum ErrorCode {
     UnsupportedQuantization,
     /// A caller passed a value out of range (token ids, options).
     InvalidArgument,
+    /// The model was disposed before or while the call ran.
+    Disposed,
 }
 
 impl ErrorCode {
@@ -38,6 +40,7 @@ impl ErrorCode {
             ErrorCode::InvalidSafetensors => "INVALID_SAFETENSORS",
             ErrorCode::UnsupportedQuantization => "UNSUPPORTED_QUANTIZATION",
             ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
+            ErrorCode::Disposed => "MODEL_DISPOSED",
         }
     }
 }

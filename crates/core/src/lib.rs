@@ -2,7 +2,7 @@
 //!
 //! Layers, each using only those before it: `error` and `runtime`; `config` (config.json) and
 //! `safetensors` (file headers); `weights` (tensor names and layouts); the building blocks
-//! `linear`, `norm`, `attention`, `gated_delta`, `mlp`; `cache`; `model`; `generate`.
+//! `linear`, `norm`, `attention`, `gated_delta`, `mlp`; `cache`; `model`; `generate`; and `worker`, the thread a loaded model lives on.
 //! The Node addon (the workspace's root crate) only translates types and errors.
 
 pub mod attention;
@@ -18,6 +18,7 @@ pub mod norm;
 pub mod runtime;
 pub mod safetensors;
 pub mod weights;
+pub mod worker;
 
 pub use error::{Error, ErrorCode, Result};
 pub use model::{Logits, Qwen35};

@@ -108,7 +108,7 @@ impl SparseMoe {
 
 pub enum FeedForward {
     Dense(SwiGlu),
-    Sparse(SparseMoe),
+    Sparse(Box<SparseMoe>),
 }
 
 impl FeedForward {

@@ -78,7 +78,7 @@ impl Qwen35 {
                 }
             };
             let ffn = match c.moe {
-                Some(_) => FeedForward::Sparse(SparseMoe::load(w, i, c)?),
+                Some(_) => FeedForward::Sparse(Box::new(SparseMoe::load(w, i, c)?)),
                 None => FeedForward::Dense(SwiGlu::load(
                     w,
                     &format!("{p}.mlp"),

@@ -2,7 +2,7 @@
 
 use std::ffi::CStr;
 
-use mlx_rs::{Device, DeviceType};
+use mlx_rs::{Device, DeviceType, Dtype};
 
 use crate::{Error, ErrorCode, Result};
 
@@ -97,6 +97,42 @@ pub fn mlx_info() -> Result<MlxInfo> {
         device: format!("{name}:{}", device.get_index()?),
         backend,
     })
+}
+
+/// Parses a dtype name as users and config files spell it.
+pub fn parse_dtype(name: &str) -> Result<Dtype> {
+    Ok(match name {
+        "float32" | "f32" => Dtype::Float32,
+        "bfloat16" | "bf16" => Dtype::Bfloat16,
+        "float16" | "f16" => Dtype::Float16,
+        _ => {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!("dtype `{name}` is not one of float32, bfloat16, float16"),
+            ))
+        }
+    })
+}
+
+/// The name [`parse_dtype`] reads back.
+pub fn dtype_name(dtype: Dtype) -> &'static str {
+    match dtype {
+        Dtype::Float32 => "float32",
+        Dtype::Bfloat16 => "bfloat16",
+        Dtype::Float16 => "float16",
+        _ => "other",
+    }
+}
+
+/// The activation dtype when the caller names none: float32 on the CPU backend (MLX emulates
+/// bf16 arithmetic there, 8–9× slower per decode step), the model's own dtype on a GPU.
+pub fn default_compute_dtype(model_dtype: Option<&str>) -> Dtype {
+    let on_gpu = mlx_info().is_ok_and(|i| i.backend != Backend::Cpu);
+    match model_dtype.map(parse_dtype) {
+        Some(Ok(dtype)) if on_gpu => dtype,
+        _ if on_gpu => Dtype::Bfloat16,
+        _ => Dtype::Float32,
+    }
 }
 
 #[cfg(test)]

@@ -256,7 +256,7 @@ impl WeightStore {
                 format!("`{prefix}` has quantization scales but config.json gives no quantization for `{path}`"),
             )
         })?;
-        if inputs % params.group_size != 0 || (inputs * params.bits) % 32 != 0 {
+        if !inputs.is_multiple_of(params.group_size) || !(inputs * params.bits).is_multiple_of(32) {
             return fail(
                 ErrorCode::ShapeMismatch,
                 format!(

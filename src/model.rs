@@ -1,0 +1,290 @@
+//! `loadModel` and the `Model` class. Each model lives on its own native worker thread
+//! (`mlx_node_core::worker`); every method queues a job there and returns a Promise that the
+//! job settles, so the JS thread never waits for MLX.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use mlx_node_core::generate::{greedy, prefill, DEFAULT_PREFILL_CHUNK};
+use mlx_node_core::runtime::{default_compute_dtype, dtype_name, parse_dtype};
+use mlx_node_core::worker::Worker;
+use mlx_node_core::{config::LayerKind, config::ModelConfig, Qwen35};
+use napi::bindgen_prelude::{Float32Array, Object, Unknown};
+use napi::Env;
+use napi_derive::napi;
+
+use crate::errors::{guard, JsError};
+
+#[napi(object)]
+pub struct LoadOptions {
+    /// Activation dtype: `float32`, `bfloat16` or `float16`. Default: float32 on the CPU
+    /// backend, the model's dtype on Metal. Quantized weights stay quantized either way.
+    pub dtype: Option<String>,
+}
+
+#[napi(object)]
+pub struct GenerateOptions {
+    /// Tokens to generate (default 16).
+    pub max_new_tokens: Option<u32>,
+    /// Prompt tokens per forward pass while prefilling (default 512).
+    pub prefill_chunk_size: Option<u32>,
+}
+
+/// The shape of the loaded text model, as read from its config.json.
+#[napi(object)]
+#[derive(Clone)]
+pub struct ModelShape {
+    pub model_type: String,
+    pub vocab_size: u32,
+    pub hidden_size: u32,
+    pub num_layers: u32,
+    /// `linear_attention` or `full_attention` per layer.
+    pub layer_types: Vec<String>,
+    pub num_attention_heads: u32,
+    pub num_key_value_heads: u32,
+    pub head_dim: u32,
+    pub linear_num_key_heads: u32,
+    pub linear_num_value_heads: u32,
+    pub num_experts: Option<u32>,
+    pub num_experts_per_tok: Option<u32>,
+    pub tie_word_embeddings: bool,
+    pub quantized: bool,
+    /// The activation dtype the engine computes in.
+    pub dtype: String,
+}
+
+fn shape_of(model: &Qwen35) -> ModelShape {
+    let c = &model.config;
+    ModelShape {
+        model_type: c.model_type.clone(),
+        vocab_size: c.vocab_size as u32,
+        hidden_size: c.hidden_size as u32,
+        num_layers: c.num_layers as u32,
+        layer_types: c
+            .layer_kinds
+            .iter()
+            .map(|k| match k {
+                LayerKind::Linear => "linear_attention".into(),
+                LayerKind::Full => "full_attention".into(),
+            })
+            .collect(),
+        num_attention_heads: c.num_attention_heads as u32,
+        num_key_value_heads: c.num_kv_heads as u32,
+        head_dim: c.head_dim as u32,
+        linear_num_key_heads: c.linear_key_heads as u32,
+        linear_num_value_heads: c.linear_value_heads as u32,
+        num_experts: c.moe.as_ref().map(|m| m.num_experts as u32),
+        num_experts_per_tok: c.moe.as_ref().map(|m| m.experts_per_token as u32),
+        tie_word_embeddings: c.tie_word_embeddings,
+        quantized: c.quantization.default.is_some(),
+        dtype: dtype_name(model.dtype).to_owned(),
+    }
+}
+
+/// The engine error as a JS `Error` with its `code`, built on the JS thread (a deferred can
+/// only be rejected with a napi error; one made from a JS value rejects with that value).
+fn coded_error(env: Env, e: mlx_node_core::Error) -> napi::Error {
+    let js = JsError::new(e.code.as_str().to_owned(), e.message);
+    // SAFETY: `env` is the live environment of the JS thread running this resolver.
+    match unsafe { napi::bindgen_prelude::ToNapiValue::to_napi_value(env.raw(), js) } {
+        Ok(raw) => napi::Error::from(unsafe { Unknown::from_raw_unchecked(env.raw(), raw) }),
+        Err(e) => e,
+    }
+}
+
+/// What settles a promise on the JS thread.
+type Resolver<T> = Box<dyn FnOnce(Env) -> napi::Result<T> + Send>;
+
+/// Queues `job` on the model's thread and returns a Promise of `to_js` of its result.
+fn on_worker<'a, R, T>(
+    env: &'a Env,
+    worker: &Worker<Qwen35>,
+    job: impl FnOnce(&mut Option<Qwen35>) -> mlx_node_core::Result<R> + Send + 'static,
+    to_js: impl FnOnce(Env, R) -> napi::Result<T> + Send + 'static,
+) -> Result<Object<'a>, JsError>
+where
+    R: Send + 'static,
+    T: napi::bindgen_prelude::ToNapiValue + 'static,
+{
+    let (deferred, promise) = env
+        .create_deferred::<T, Resolver<T>>()
+        .map_err(|e| JsError::new("INTERNAL_ERROR".into(), e.reason))?;
+    if worker.is_closed() {
+        let e = mlx_node_core::Error::new(
+            mlx_node_core::ErrorCode::Disposed,
+            "the model has been disposed",
+        );
+        deferred.resolve(Box::new(move |env| Err(coded_error(env, e))));
+        return Ok(promise);
+    }
+    worker
+        .submit(move |state| {
+            let result = guard_engine(|| job(state));
+            deferred.resolve(Box::new(move |env| match result {
+                Ok(value) => to_js(env, value),
+                Err(e) => Err(coded_error(env, e)),
+            }));
+        })
+        .map_err(crate::errors::to_js)?;
+    Ok(promise)
+}
+
+/// Runs engine code on the worker, turning a panic into an engine error.
+fn guard_engine<R>(f: impl FnOnce() -> mlx_node_core::Result<R>) -> mlx_node_core::Result<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(mlx_node_core::Error::new(
+            mlx_node_core::ErrorCode::Mlx,
+            format!("internal error: {what}"),
+        ))
+    })
+}
+
+fn loaded(state: &mut Option<Qwen35>) -> mlx_node_core::Result<&mut Qwen35> {
+    state.as_mut().ok_or_else(|| {
+        mlx_node_core::Error::new(
+            mlx_node_core::ErrorCode::Disposed,
+            "the model is not loaded",
+        )
+    })
+}
+
+/// A promise already rejected with `e` (argument errors reject like engine errors do).
+fn rejected<'a>(env: &'a Env, e: mlx_node_core::Error) -> Result<Object<'a>, JsError> {
+    let (deferred, promise) = env
+        .create_deferred::<(), _>()
+        .map_err(|e| JsError::new("INTERNAL_ERROR".into(), e.reason))?;
+    deferred.resolve(move |env| Err(coded_error(env, e)));
+    Ok(promise)
+}
+
+/// Loads a Qwen3.5 model folder (Hugging Face or MLX layout, quantized or not) on a new native
+/// thread of its own.
+#[napi(ts_return_type = "Promise<Model>")]
+pub fn load_model(
+    env: &Env,
+    path: String,
+    options: Option<LoadOptions>,
+) -> Result<Object<'_>, JsError> {
+    let requested = match options.and_then(|o| o.dtype).map(|name| parse_dtype(&name)) {
+        Some(Ok(dtype)) => Some(dtype),
+        Some(Err(e)) => return rejected(env, e),
+        None => None,
+    };
+    let worker = Arc::new(guard(|| Worker::spawn("mlx-node-model"))?);
+    let handle = worker.clone();
+    let dir = PathBuf::from(path);
+    on_worker(
+        env,
+        &worker,
+        move |state| {
+            let config = ModelConfig::load(&dir)?;
+            let dtype = requested.unwrap_or_else(|| default_compute_dtype(config.dtype.as_deref()));
+            let model = Qwen35::load(&dir, dtype)?;
+            let shape = shape_of(&model);
+            *state = Some(model);
+            Ok(shape)
+        },
+        move |_, shape| {
+            Ok(Model {
+                worker: handle,
+                shape,
+            })
+        },
+    )
+}
+
+/// A loaded model. Its methods run on the model's own thread, one call after another.
+#[napi]
+pub struct Model {
+    worker: Arc<Worker<Qwen35>>,
+    shape: ModelShape,
+}
+
+fn non_empty(ids: &[u32]) -> mlx_node_core::Result<()> {
+    if ids.is_empty() {
+        return Err(mlx_node_core::Error::new(
+            mlx_node_core::ErrorCode::InvalidArgument,
+            "tokenIds is empty",
+        ));
+    }
+    Ok(())
+}
+
+#[napi]
+impl Model {
+    /// The model's shape, from its config.json.
+    #[napi(getter)]
+    pub fn config(&self) -> ModelShape {
+        self.shape.clone()
+    }
+
+    /// Logits `[vocab]` at the last position after running `tokenIds` from an empty cache.
+    #[napi(ts_return_type = "Promise<Float32Array>")]
+    pub fn logits<'a>(&self, env: &'a Env, token_ids: Vec<u32>) -> Result<Object<'a>, JsError> {
+        let ids = token_ids;
+        on_worker(
+            env,
+            &self.worker,
+            move |state| {
+                non_empty(&ids)?;
+                let model = loaded(state)?;
+                let mut cache = model.new_cache();
+                let logits = prefill(model, &mut cache, &ids, DEFAULT_PREFILL_CHUNK)?;
+                logits.eval()?;
+                Ok(logits.as_slice::<f32>().to_vec())
+            },
+            |_, values| Ok(Float32Array::new(values)),
+        )
+    }
+
+    /// Greedy continuation of `tokenIds`: the new token ids.
+    #[napi(ts_return_type = "Promise<number[]>")]
+    pub fn generate<'a>(
+        &self,
+        env: &'a Env,
+        token_ids: Vec<u32>,
+        options: Option<GenerateOptions>,
+    ) -> Result<Object<'a>, JsError> {
+        let ids = token_ids;
+        let max_new = options
+            .as_ref()
+            .and_then(|o| o.max_new_tokens)
+            .unwrap_or(16) as usize;
+        let chunk = options
+            .as_ref()
+            .and_then(|o| o.prefill_chunk_size)
+            .map_or(DEFAULT_PREFILL_CHUNK, |c| c as usize);
+        on_worker(
+            env,
+            &self.worker,
+            move |state| {
+                non_empty(&ids)?;
+                greedy(loaded(state)?, &ids, max_new, chunk)
+            },
+            |_, ids| Ok(ids),
+        )
+    }
+
+    /// Waits for calls in flight, then frees the model. Later calls fail with MODEL_DISPOSED.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn dispose<'a>(&self, env: &'a Env) -> Result<Object<'a>, JsError> {
+        let (deferred, promise) = env
+            .create_deferred::<(), Resolver<()>>()
+            .map_err(|e| JsError::new("INTERNAL_ERROR".into(), e.reason))?;
+        if self.worker.is_closed() {
+            // Disposing twice is harmless: the second call has nothing left to free.
+            deferred.resolve(Box::new(|_| Ok(())));
+        } else {
+            let _ = self.worker.close(move |state| {
+                *state = None;
+                deferred.resolve(Box::new(|_| Ok(())));
+            });
+        }
+        Ok(promise)
+    }
+}
