@@ -184,7 +184,7 @@ mod tests {
         assert_eq!(k.shape(), [1, 2, 5, 4]);
         c.truncate(4).unwrap();
         assert_eq!(c.len(), 4);
-        let k = c.keys.clone().unwrap();
+        let k = c.keys.clone().unwrap().contiguous().unwrap();
         k.eval().unwrap();
         assert_eq!(k.as_slice::<f32>()[3 * 4], 2.0);
     }

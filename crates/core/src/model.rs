@@ -31,6 +31,8 @@ struct DecoderLayer {
 pub struct Qwen35 {
     pub config: ModelConfig,
     pub dtype: Dtype,
+    /// Bytes of all weights as the engine holds them (after dtype conversion).
+    pub weight_bytes: usize,
     embed: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
@@ -105,8 +107,10 @@ impl Qwen35 {
         } else {
             Linear(w.linear("lm_head", c.vocab_size, h)?)
         };
+        let norm = norm("norm.weight".into())?;
         Ok(Qwen35 {
-            norm: norm("norm.weight".into())?,
+            weight_bytes: w.held_bytes(),
+            norm,
             embed,
             layers,
             lm_head,

@@ -1,13 +1,15 @@
 //! Safetensors files: the header read and checked by us (so that a truncated or corrupt file
-//! gets an error naming the file and tensor), the data loaded lazily by MLX (each tensor is
-//! read from the file when it is first evaluated, so nothing is held twice).
+//! gets an error naming the file and tensor), and each tensor read straight into the buffer of
+//! an MLX array in the dtype the engine wants. Converting while reading (bf16 → float32 in
+//! small pieces) means a weight is never held twice, so loading peaks at about the size of the
+//! weights as the engine keeps them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use mlx_rs::Array;
+use mlx_rs::{Array, Dtype};
 use serde_json::Value;
 
 use crate::error::{fail, Error, ErrorCode, Result};
@@ -66,6 +68,18 @@ impl StDtype {
 pub struct TensorInfo {
     pub dtype: StDtype,
     pub shape: Vec<usize>,
+    /// Byte offset of the data in the file.
+    pub offset: u64,
+}
+
+impl TensorInfo {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// The checked header of one safetensors file.
@@ -153,7 +167,11 @@ impl SafetensorsFile {
                 return Err(tensor("data_offsets is not [begin, end]"));
             };
             let (begin, end) = (*begin, *end);
-            let info = TensorInfo { dtype, shape };
+            let info = TensorInfo {
+                dtype,
+                shape,
+                offset: 8 + header_len + begin,
+            };
             let expected = info.shape.iter().product::<usize>() as u64 * dtype.size();
             if begin > end || end > data_len {
                 return Err(tensor(&format!(
@@ -176,10 +194,182 @@ impl SafetensorsFile {
         })
     }
 
-    /// Every tensor of the file as a lazy MLX array (read on first evaluation).
-    pub fn load(&self) -> Result<HashMap<String, Array>> {
-        Array::load_safetensors(&self.path)
-            .map_err(|e| invalid(&self.path, format!("MLX could not load it: {e}")))
+    /// Reads tensor `name` into a new MLX array, converted to `dtype` when both are floats.
+    pub fn read(&self, name: &str, dtype: Option<Dtype>) -> Result<Array> {
+        let info = self.tensors.get(name).ok_or_else(|| {
+            Error::new(
+                ErrorCode::MissingTensor,
+                format!("tensor `{name}` is not in {}", self.path.display()),
+            )
+        })?;
+        let source = info.dtype;
+        let target = match (dtype, float_kind(source)) {
+            (Some(d), Some(_)) if float_kind_of(d).is_some() => d,
+            _ => mlx_dtype(source),
+        };
+        let out_size = dtype_size(target);
+        let shape: Vec<i32> = info.shape.iter().map(|&d| d as i32).collect();
+        let mut file = File::open(&self.path).map_err(|e| {
+            Error::new(
+                ErrorCode::Io,
+                format!("cannot open {}: {e}", self.path.display()),
+            )
+        })?;
+        file.seek(SeekFrom::Start(info.offset))
+            .map_err(|e| invalid(&self.path, format!("tensor `{name}`: {e}")))?;
+        let in_size = source.size() as usize;
+        let same = mlx_dtype(source) == target;
+        // Convert in pieces so the source bytes never need a tensor-sized buffer of their own.
+        const PIECE: usize = 1 << 20;
+        let mut raw = vec![0u8; if same { 0 } else { PIECE * in_size }];
+        filled_array(&shape, target, info.len() * out_size, |out| {
+            let mut done = 0;
+            while done < info.len() {
+                let n = PIECE.min(info.len() - done);
+                let dst = &mut out[done * out_size..(done + n) * out_size];
+                let src: &mut [u8] = if same { dst } else { &mut raw[..n * in_size] };
+                file.read_exact(src).map_err(|e| {
+                    invalid(
+                        &self.path,
+                        format!("tensor `{name}`: reading its data: {e}"),
+                    )
+                })?;
+                if !same {
+                    convert(&raw[..n * in_size], source, dst, target);
+                }
+                done += n;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A new MLX array of `shape` whose `len` bytes of data `fill` writes.
+///
+/// MLX copies any buffer handed to it (its CPU allocator cannot adopt foreign memory), which
+/// would hold every weight twice while it loads; writing into a buffer MLX itself allocated
+/// avoids that. The array is fresh and referenced only here, and is filled before anything
+/// reads it, so writing through MLX's data pointer is sound.
+fn filled_array(
+    shape: &[i32],
+    dtype: Dtype,
+    len: usize,
+    fill: impl FnOnce(&mut [u8]) -> Result<()>,
+) -> Result<Array> {
+    // `zeros` is a broadcast scalar; `contiguous` gives it a buffer of its own.
+    let array = mlx_rs::ops::zeros_dtype(shape, dtype)?.contiguous()?;
+    array.eval()?;
+    let raw = array.as_ptr();
+    // SAFETY: each accessor returns the start of the array's `len`-byte buffer for its dtype.
+    let ptr = unsafe {
+        match dtype {
+            Dtype::Float32 => mlx_sys::mlx_array_data_float32(raw) as *mut u8,
+            Dtype::Bfloat16 => mlx_sys::mlx_array_data_bfloat16(raw) as *mut u8,
+            Dtype::Float16 => mlx_sys::mlx_array_data_float16(raw) as *mut u8,
+            Dtype::Float64 => mlx_sys::mlx_array_data_float64(raw) as *mut u8,
+            Dtype::Uint32 => mlx_sys::mlx_array_data_uint32(raw) as *mut u8,
+            Dtype::Int32 => mlx_sys::mlx_array_data_int32(raw) as *mut u8,
+            Dtype::Uint64 => mlx_sys::mlx_array_data_uint64(raw) as *mut u8,
+            Dtype::Int64 => mlx_sys::mlx_array_data_int64(raw) as *mut u8,
+            Dtype::Uint16 => mlx_sys::mlx_array_data_uint16(raw) as *mut u8,
+            Dtype::Int16 => mlx_sys::mlx_array_data_int16(raw) as *mut u8,
+            Dtype::Uint8 => mlx_sys::mlx_array_data_uint8(raw) as *mut u8,
+            Dtype::Int8 => mlx_sys::mlx_array_data_int8(raw) as *mut u8,
+            Dtype::Bool => mlx_sys::mlx_array_data_bool(raw) as *mut u8,
+            _ => {
+                return fail(
+                    ErrorCode::InvalidSafetensors,
+                    format!("cannot read {dtype:?} tensors"),
+                )
+            }
+        }
+    };
+    if ptr.is_null() && len > 0 {
+        return fail(ErrorCode::Mlx, "MLX allocated no buffer for a tensor");
+    }
+    let ptr = if len == 0 {
+        std::ptr::NonNull::dangling().as_ptr()
+    } else {
+        ptr
+    };
+    // SAFETY: see above; the slice lives only for the call to `fill`, while `array` is alive.
+    fill(unsafe { std::slice::from_raw_parts_mut(ptr, len) })?;
+    Ok(array)
+}
+
+/// Whether a safetensors dtype is a float the engine converts, and which.
+fn float_kind(d: StDtype) -> Option<Dtype> {
+    match d {
+        StDtype::F32 => Some(Dtype::Float32),
+        StDtype::BF16 => Some(Dtype::Bfloat16),
+        StDtype::F16 => Some(Dtype::Float16),
+        _ => None,
+    }
+}
+
+fn float_kind_of(d: Dtype) -> Option<Dtype> {
+    matches!(d, Dtype::Float32 | Dtype::Bfloat16 | Dtype::Float16).then_some(d)
+}
+
+fn mlx_dtype(d: StDtype) -> Dtype {
+    match d {
+        StDtype::Bool => Dtype::Bool,
+        StDtype::U8 => Dtype::Uint8,
+        StDtype::I8 => Dtype::Int8,
+        StDtype::U16 => Dtype::Uint16,
+        StDtype::I16 => Dtype::Int16,
+        StDtype::F16 => Dtype::Float16,
+        StDtype::BF16 => Dtype::Bfloat16,
+        StDtype::U32 => Dtype::Uint32,
+        StDtype::I32 => Dtype::Int32,
+        StDtype::F32 => Dtype::Float32,
+        StDtype::U64 => Dtype::Uint64,
+        StDtype::I64 => Dtype::Int64,
+        StDtype::F64 => Dtype::Float64,
+    }
+}
+
+fn dtype_size(d: Dtype) -> usize {
+    match d {
+        Dtype::Bool | Dtype::Uint8 | Dtype::Int8 => 1,
+        Dtype::Uint16 | Dtype::Int16 | Dtype::Float16 | Dtype::Bfloat16 => 2,
+        Dtype::Uint32 | Dtype::Int32 | Dtype::Float32 => 4,
+        _ => 8,
+    }
+}
+
+/// Little-endian float conversion between the three float formats.
+fn convert(src: &[u8], from: StDtype, dst: &mut [u8], to: Dtype) {
+    let value = |i: usize| -> f32 {
+        match from {
+            StDtype::F32 => f32::from_le_bytes(src[4 * i..4 * i + 4].try_into().unwrap()),
+            StDtype::BF16 => {
+                half::bf16::from_bits(u16::from_le_bytes([src[2 * i], src[2 * i + 1]])).to_f32()
+            }
+            StDtype::F16 => {
+                half::f16::from_bits(u16::from_le_bytes([src[2 * i], src[2 * i + 1]])).to_f32()
+            }
+            _ => unreachable!("only floats are converted"),
+        }
+    };
+    let n = src.len() / from.size() as usize;
+    match to {
+        Dtype::Float32 => {
+            for (i, out) in dst.chunks_exact_mut(4).enumerate().take(n) {
+                out.copy_from_slice(&value(i).to_le_bytes());
+            }
+        }
+        Dtype::Bfloat16 => {
+            for (i, out) in dst.chunks_exact_mut(2).enumerate().take(n) {
+                out.copy_from_slice(&half::bf16::from_f32(value(i)).to_bits().to_le_bytes());
+            }
+        }
+        Dtype::Float16 => {
+            for (i, out) in dst.chunks_exact_mut(2).enumerate().take(n) {
+                out.copy_from_slice(&half::f16::from_f32(value(i)).to_bits().to_le_bytes());
+            }
+        }
+        _ => unreachable!("only floats are converted"),
     }
 }
 
@@ -277,10 +467,49 @@ mod tests {
             f.tensors["a"],
             TensorInfo {
                 dtype: StDtype::BF16,
-                shape: vec![2, 3]
+                shape: vec![2, 3],
+                offset: 8 + h.len() as u64,
             }
         );
         assert_eq!(f.metadata["format"], "pt");
+    }
+
+    #[test]
+    fn reads_and_converts_tensors() {
+        let values = [1.5f32, -2.25, 3.0e-3, 65504.0];
+        let bf16: Vec<u8> = values
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_bits().to_le_bytes())
+            .collect();
+        let codes: Vec<u8> = [7u32, 0xdead_beef]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let h = r#"{"w":{"dtype":"BF16","shape":[2,2],"data_offsets":[0,8]},"q":{"dtype":"U32","shape":[2],"data_offsets":[8,16]}}"#;
+        let mut bytes = file(h, 0);
+        bytes.extend(&bf16);
+        bytes.extend(&codes);
+        let f = SafetensorsFile::open(&write("read.safetensors", &bytes)).unwrap();
+        let w = f.read("w", Some(Dtype::Float32)).unwrap();
+        assert_eq!((w.dtype(), w.shape()), (Dtype::Float32, &[2, 2][..]));
+        let expected: Vec<f32> = values
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_f32())
+            .collect();
+        assert_eq!(w.as_slice::<f32>(), expected);
+        let w16 = f.read("w", Some(Dtype::Float16)).unwrap();
+        assert_eq!(
+            w16.as_dtype(Dtype::Float32).unwrap().as_slice::<f32>()[0],
+            1.5
+        );
+        // Integer tensors are never converted.
+        let q = f.read("q", Some(Dtype::Float32)).unwrap();
+        assert_eq!(q.dtype(), Dtype::Uint32);
+        assert_eq!(q.as_slice::<u32>(), [7, 0xdead_beef]);
+        assert_eq!(
+            f.read("nope", None).unwrap_err().code,
+            ErrorCode::MissingTensor
+        );
     }
 
     #[test]

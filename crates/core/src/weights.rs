@@ -8,18 +8,18 @@
 //!
 //! Names here are relative to the text model (`layers.3.self_attn.q_proj.weight`, `norm.weight`,
 //! `lm_head.weight`). Vision tower and multi-token-prediction tensors are skipped. Float weights
-//! are converted to the compute dtype as they are taken, one at a time and evaluated at once,
-//! so that the original (usually bf16) copy is released before the next tensor is read.
+//! are converted to the compute dtype while they are read from the file (see `safetensors`).
 
+use std::cell::Cell;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use mlx_rs::{Array, Dtype};
 
 use crate::config::{ModelConfig, QuantParams};
 use crate::error::{fail, Error, ErrorCode, Result};
 use crate::linear::{slice_axis, Weight};
-use crate::safetensors::{model_files, SafetensorsFile};
+use crate::safetensors::{model_files, SafetensorsFile, StDtype};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
@@ -39,36 +39,46 @@ impl Layout {
     }
 }
 
+/// Where a tensor is: which file, under which name there.
+struct Entry {
+    file: usize,
+    name: String,
+}
+
 pub struct WeightStore {
-    tensors: HashMap<String, (Array, PathBuf)>,
+    files: Vec<SafetensorsFile>,
+    tensors: HashMap<String, Entry>,
     pub layout: Layout,
     /// Whether the zero-centred norms still need `+1` (Hugging Face files).
     shift_norms: bool,
     dtype: Dtype,
     config: ModelConfig,
-}
-
-fn shape_of(a: &Array) -> Vec<usize> {
-    a.shape().iter().map(|&d| d as usize).collect()
+    /// Bytes of the arrays handed out so far: what the model will hold.
+    held: Cell<usize>,
 }
 
 impl WeightStore {
     /// Opens every safetensors file of `dir` (checking each header) and maps tensor names.
     pub fn open(dir: &Path, config: &ModelConfig, dtype: Dtype) -> Result<Self> {
         let mut tensors = HashMap::new();
+        let mut files = Vec::new();
         let mut layout = None;
         for path in model_files(dir)? {
             let file = SafetensorsFile::open(&path)?;
-            for (name, array) in file.load()? {
-                let (name, found) = match Self::canonical(&name) {
-                    Some(mapped) => mapped,
-                    None => continue,
+            for name in file.tensors.keys() {
+                let Some((canonical, found)) = Self::canonical(name) else {
+                    continue;
                 };
                 if let Some(found) = found {
                     layout.get_or_insert(found);
                 }
-                tensors.insert(name, (array, path.clone()));
+                let entry = Entry {
+                    file: files.len(),
+                    name: name.clone(),
+                };
+                tensors.insert(canonical, entry);
             }
+            files.push(file);
         }
         let Some(layout) = layout else {
             return fail(
@@ -78,16 +88,23 @@ impl WeightStore {
         };
         // mlx-lm's rule: a conv1d weight still in PyTorch's [C, 1, K] layout means the file
         // was not sanitized, so its zero-centred norms have not been shifted either.
-        let shift_norms = tensors
-            .iter()
-            .any(|(n, (a, _))| n.ends_with("conv1d.weight") && a.shape().last() != Some(&1));
+        let shift_norms = tensors.iter().any(|(n, e)| {
+            n.ends_with("conv1d.weight") && files[e.file].tensors[&e.name].shape.last() != Some(&1)
+        });
         Ok(WeightStore {
+            files,
             tensors,
             layout,
             shift_norms,
             dtype,
             config: config.clone(),
+            held: Cell::new(0),
         })
+    }
+
+    /// Bytes of every array taken from the store so far.
+    pub fn held_bytes(&self) -> usize {
+        self.held.get()
     }
 
     /// Maps a file's tensor name to the text-model name, and says which layout it implies;
@@ -122,8 +139,11 @@ impl WeightStore {
         self.tensors.contains_key(name)
     }
 
-    fn raw(&self, name: &str) -> Result<&(Array, PathBuf)> {
-        self.tensors.get(name).ok_or_else(|| {
+    fn entry(
+        &self,
+        name: &str,
+    ) -> Result<(&SafetensorsFile, &crate::safetensors::TensorInfo, &str)> {
+        let entry = self.tensors.get(name).ok_or_else(|| {
             Error::new(
                 ErrorCode::MissingTensor,
                 format!(
@@ -131,75 +151,78 @@ impl WeightStore {
                     self.layout
                 ),
             )
-        })
+        })?;
+        let file = &self.files[entry.file];
+        Ok((file, &file.tensors[&entry.name], &entry.name))
     }
 
-    fn check_shape(&self, name: &str, array: &Array, expected: &[usize]) -> Result<()> {
-        let found = shape_of(array);
-        if found != expected {
-            let file = &self.raw(name)?.1;
+    fn check_shape(&self, name: &str, expected: &[usize]) -> Result<()> {
+        let (file, info, _) = self.entry(name)?;
+        if info.shape != expected {
             return fail(
                 ErrorCode::ShapeMismatch,
                 format!(
-                    "tensor `{name}` in {} has shape {found:?}, the config implies {expected:?}",
-                    file.display()
+                    "tensor `{name}` in {} has shape {:?}, the config implies {expected:?}",
+                    file.path.display(),
+                    info.shape
                 ),
             );
         }
         Ok(())
     }
 
-    fn finish(&self, a: Array, dtype: Dtype) -> Result<Array> {
-        let a = if a.dtype() == dtype {
-            a
-        } else {
-            a.as_dtype(dtype)?
-        };
+    /// Reads a tensor, converting floats to `dtype` (integers are read as they are).
+    fn read(&self, name: &str, dtype: Dtype) -> Result<Array> {
+        let (file, _, in_file) = self.entry(name)?;
+        file.read(in_file, Some(dtype))
+    }
+
+    /// Makes `a` (computed from what was read) real and counts it as held by the model.
+    fn keep(&self, a: Array) -> Result<Array> {
         a.eval()?;
+        self.held.set(self.held.get() + a.nbytes());
         Ok(a)
     }
 
     /// A float tensor of the given shape, in the compute dtype.
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Array> {
-        let (a, _) = self.raw(name)?;
-        self.check_shape(name, a, shape)?;
-        self.finish(a.clone(), self.dtype)
+        self.check_shape(name, shape)?;
+        self.keep(self.read(name, self.dtype)?)
     }
 
     /// A float tensor kept in float32 whatever the compute dtype (A_log, dt_bias).
     pub fn tensor_f32(&self, name: &str, shape: &[usize]) -> Result<Array> {
-        let (a, _) = self.raw(name)?;
-        self.check_shape(name, a, shape)?;
-        self.finish(a.clone(), Dtype::Float32)
+        self.check_shape(name, shape)?;
+        self.keep(self.read(name, Dtype::Float32)?)
     }
 
     /// A zero-centred RMSNorm weight as the multiplier `1 + w`, added in float32.
     pub fn shifted_norm(&self, name: &str, dim: usize) -> Result<Array> {
-        let (a, _) = self.raw(name)?;
-        self.check_shape(name, a, &[dim])?;
-        let w = if self.shift_norms {
-            a.as_dtype(Dtype::Float32)?.add(Array::from_f32(1.0))?
-        } else {
-            a.clone()
-        };
-        self.finish(w, self.dtype)
+        self.check_shape(name, &[dim])?;
+        if !self.shift_norms {
+            return self.keep(self.read(name, self.dtype)?);
+        }
+        let w = self.read(name, Dtype::Float32)?.add(Array::from_f32(1.0))?;
+        self.keep(w.as_dtype(self.dtype)?)
     }
 
     /// The depthwise conv weight as `[C, K]` (tap `K − 1` multiplies the newest input).
     pub fn conv_weight(&self, name: &str, channels: usize, kernel: usize) -> Result<Array> {
-        let (a, _) = self.raw(name)?;
-        let shape = shape_of(a);
-        if shape != [channels, 1, kernel] && shape != [channels, kernel, 1] {
+        let (_, info, _) = self.entry(name)?;
+        if info.shape != [channels, 1, kernel] && info.shape != [channels, kernel, 1] {
             return fail(
                 ErrorCode::ShapeMismatch,
                 format!(
-                    "tensor `{name}` has shape {shape:?}, the config implies [{channels}, 1, {kernel}] \
-                     (or MLX's [{channels}, {kernel}, 1])"
+                    "tensor `{name}` has shape {:?}, the config implies [{channels}, 1, {kernel}] \
+                     (or MLX's [{channels}, {kernel}, 1])",
+                    info.shape
                 ),
             );
         }
-        let w = a.reshape(&[channels as i32, kernel as i32])?;
-        self.finish(w, self.dtype)
+        self.keep(
+            self.read(name, self.dtype)?
+                .reshape(&[channels as i32, kernel as i32])?,
+        )
     }
 
     /// The weight of the module `prefix` (e.g. `layers.0.mlp.down_proj`) mapping `inputs` to
@@ -224,24 +247,24 @@ impl WeightStore {
             return Ok(Weight::Dense(self.tensor(&weight, &full)?));
         }
         let params = self.quant_params(prefix, inputs)?;
-        let (codes, _) = self.raw(&weight)?;
         let mut packed = lead.to_vec();
         packed.extend([outputs, inputs * params.bits / 32]);
         let mut grouped = lead.to_vec();
         grouped.extend([outputs, inputs / params.group_size]);
-        self.check_shape(&weight, codes, &packed)?;
-        if codes.dtype() != Dtype::Uint32 {
+        self.check_shape(&weight, &packed)?;
+        let (_, info, _) = self.entry(&weight)?;
+        if info.dtype != StDtype::U32 {
             return fail(
                 ErrorCode::UnsupportedQuantization,
                 format!(
                     "quantized tensor `{weight}` is {:?}, expected uint32 codes",
-                    codes.dtype()
+                    info.dtype
                 ),
             );
         }
         let biases = format!("{prefix}.biases");
         Ok(Weight::Quantized {
-            codes: self.finish(codes.clone(), Dtype::Uint32)?,
+            codes: self.keep(self.read(&weight, Dtype::Uint32)?)?,
             scales: self.tensor(&scales, &grouped)?,
             biases: self.tensor(&biases, &grouped)?,
             params,
@@ -289,30 +312,29 @@ impl WeightStore {
         }
         let fused = format!("{base}.experts.gate_up_proj");
         if self.contains(&fused) {
-            let (gate_up, _) = self.raw(&fused)?;
-            self.check_shape(&fused, gate_up, &[experts, 2 * width, hidden])?;
-            let down_name = format!("{base}.experts.down_proj");
-            let (down, _) = self.raw(&down_name)?;
-            self.check_shape(&down_name, down, &[experts, hidden, width])?;
+            self.check_shape(&fused, &[experts, 2 * width, hidden])?;
+            let down = format!("{base}.experts.down_proj");
+            self.check_shape(&down, &[experts, hidden, width])?;
+            let gate_up = self.read(&fused, self.dtype)?;
             let w = width as i32;
-            return Ok([
-                Weight::Dense(self.finish(slice_axis(gate_up, 1, 0, w)?, self.dtype)?),
-                Weight::Dense(self.finish(slice_axis(gate_up, 1, w, 2 * w)?, self.dtype)?),
-                Weight::Dense(self.finish(down.clone(), self.dtype)?),
-            ]);
+            // Gate rows come first. Each half is copied out whole, so the kernels see
+            // contiguous banks and the fused buffer is freed.
+            let half = |start: i32| -> Result<Weight> {
+                let part = slice_axis(&gate_up, 1, start, start + w)?.contiguous()?;
+                Ok(Weight::Dense(self.keep(part)?))
+            };
+            let down = Weight::Dense(self.keep(self.read(&down, self.dtype)?)?);
+            return Ok([half(0)?, half(w)?, down]);
         }
         let per_expert = |proj: &str, rows: usize, cols: usize| -> Result<Weight> {
             let parts = (0..experts)
                 .map(|e| {
                     let name = format!("{base}.experts.{e}.{proj}.weight");
-                    let (a, _) = self.raw(&name)?;
-                    self.check_shape(&name, a, &[rows, cols])?;
-                    Ok(a.clone())
+                    self.check_shape(&name, &[rows, cols])?;
+                    self.read(&name, self.dtype)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            Ok(Weight::Dense(
-                self.finish(mlx_rs::ops::stack(&parts, 0)?, self.dtype)?,
-            ))
+            Ok(Weight::Dense(self.keep(mlx_rs::ops::stack(&parts, 0)?)?))
         };
         Ok([
             per_expert("gate_proj", width, hidden)?,

@@ -98,7 +98,8 @@ mod tests {
                 })
                 .unwrap();
         }
-        let last = (0..5).map(|_| rx.recv().unwrap()).next_back().unwrap();
+        let replies: Vec<_> = (0..5).map(|_| rx.recv().unwrap()).collect();
+        let last = replies[4].clone();
         assert_eq!(last.0, [0, 1, 2, 3, 4]);
         assert_eq!(last.1.as_deref(), Some("test-worker"));
         worker.submit(|_| panic!("a failing job")).unwrap();
