@@ -196,14 +196,14 @@ impl WeightStore {
         self.keep(self.read(name, Dtype::Float32)?)
     }
 
-    /// A zero-centred RMSNorm weight as the multiplier `1 + w`, added in float32.
+    /// A zero-centred RMSNorm weight as the multiplier `1 + w`, added and kept in float32.
     pub fn shifted_norm(&self, name: &str, dim: usize) -> Result<Array> {
         self.check_shape(name, &[dim])?;
+        let w = self.read(name, Dtype::Float32)?;
         if !self.shift_norms {
-            return self.keep(self.read(name, self.dtype)?);
+            return self.keep(w);
         }
-        let w = self.read(name, Dtype::Float32)?.add(Array::from_f32(1.0))?;
-        self.keep(w.as_dtype(self.dtype)?)
+        self.keep(w.add(Array::from_f32(1.0))?)
     }
 
     /// The depthwise conv weight as `[C, K]` (tap `K − 1` multiplies the newest input).
