@@ -1,3 +1,4 @@
+#![allow(clippy::needless_range_loop)] // the oracle is written as plain index loops on purpose
 //! An independent, deliberately naive float64 implementation of the Qwen3.5 forward pass,
 //! written from the formulas in the architecture notes (per-token loops, no MLX), checked
 //! against the engine on checkpoints whose shapes no fixture has: GQA ratio 3, three value
