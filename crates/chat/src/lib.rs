@@ -1,0 +1,1 @@
+//! The chat format of Qwen3.5 models.
