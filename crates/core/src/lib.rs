@@ -17,6 +17,8 @@ pub mod model;
 pub mod norm;
 pub mod runtime;
 pub mod safetensors;
+pub mod sampling;
+pub mod tokenizer;
 pub mod weights;
 pub mod worker;
 
