@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod gated_delta;
 pub mod generate;
+pub mod generation_config;
 pub mod linear;
 pub mod mlp;
 pub mod model;
