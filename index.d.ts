@@ -13,12 +13,27 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 export declare class Model {
   /** The model's shape, from its config.json. */
   get config(): ModelShape
+  /** The model's tokenizer; an error with code MISSING_TOKENIZER when the folder has none. */
+  get tokenizer(): Tokenizer
   /** Logits `[vocab]` at the last position after running `tokenIds` from an empty cache. */
   logits(tokenIds: Array<number>): Promise<Float32Array>
   /** Greedy continuation of `tokenIds`: the new token ids. */
   generate(tokenIds: Array<number>, options?: GenerateOptions | undefined | null): Promise<number[]>
   /** Waits for calls in flight, then frees the model. Later calls fail with MODEL_DISPOSED. */
   dispose(): Promise<void>
+}
+
+/**
+ * The model's tokenizer (from its tokenizer.json). Runs on the calling thread: it is fast and
+ * touches no MLX state.
+ */
+export declare class Tokenizer {
+  /** Token ids of `text`; special tokens written in it (`<|im_start|>`) become their ids. */
+  encode(text: string): Array<number>
+  /** The text of `ids`; special tokens are kept unless `skipSpecialTokens` is true. */
+  decode(ids: Array<number>, skipSpecialTokens?: boolean | undefined | null): string
+  /** The id of one token string, if the vocabulary has it. */
+  tokenToId(token: string): number | null
 }
 
 export interface GenerateOptions {

@@ -836,5 +836,6 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.Model = nativeBinding.Model
+module.exports.Tokenizer = nativeBinding.Tokenizer
 module.exports.loadModel = nativeBinding.loadModel
 module.exports.mlxInfo = nativeBinding.mlxInfo

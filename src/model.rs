@@ -6,9 +6,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use mlx_node_core::generate::{greedy, prefill, DEFAULT_PREFILL_CHUNK};
-use mlx_node_core::runtime::{default_compute_dtype, dtype_name, parse_dtype};
+use mlx_node_core::runtime::{dtype_name, parse_dtype};
+use mlx_node_core::session::Session;
+use mlx_node_core::tokenizer::Tokenizer as CoreTokenizer;
 use mlx_node_core::worker::Worker;
-use mlx_node_core::{config::LayerKind, config::ModelConfig, Qwen35};
+use mlx_node_core::{config::LayerKind, Qwen35};
 use napi::bindgen_prelude::{Float32Array, Object, Unknown};
 use napi::Env;
 use napi_derive::napi;
@@ -98,8 +100,8 @@ type Resolver<T> = Box<dyn FnOnce(Env) -> napi::Result<T> + Send>;
 /// Queues `job` on the model's thread and returns a Promise of `to_js` of its result.
 fn on_worker<'a, R, T>(
     env: &'a Env,
-    worker: &Worker<Qwen35>,
-    job: impl FnOnce(&mut Option<Qwen35>) -> mlx_node_core::Result<R> + Send + 'static,
+    worker: &Worker<Session>,
+    job: impl FnOnce(&mut Option<Session>) -> mlx_node_core::Result<R> + Send + 'static,
     to_js: impl FnOnce(Env, R) -> napi::Result<T> + Send + 'static,
 ) -> Result<Object<'a>, JsError>
 where
@@ -144,7 +146,7 @@ fn guard_engine<R>(f: impl FnOnce() -> mlx_node_core::Result<R>) -> mlx_node_cor
     })
 }
 
-fn loaded(state: &mut Option<Qwen35>) -> mlx_node_core::Result<&mut Qwen35> {
+fn loaded(state: &mut Option<Session>) -> mlx_node_core::Result<&mut Session> {
     state.as_mut().ok_or_else(|| {
         mlx_node_core::Error::new(
             mlx_node_core::ErrorCode::Disposed,
@@ -182,17 +184,17 @@ pub fn load_model(
         env,
         &worker,
         move |state| {
-            let config = ModelConfig::load(&dir)?;
-            let dtype = requested.unwrap_or_else(|| default_compute_dtype(config.dtype.as_deref()));
-            let model = Qwen35::load(&dir, dtype)?;
-            let shape = shape_of(&model);
-            *state = Some(model);
-            Ok(shape)
+            let session = Session::load(&dir, requested)?;
+            let shape = shape_of(&session.model);
+            let tokenizer = session.tokenizer.clone();
+            *state = Some(session);
+            Ok((shape, tokenizer))
         },
-        move |_, shape| {
+        move |_, (shape, tokenizer)| {
             Ok(Model {
                 worker: handle,
                 shape,
+                tokenizer: tokenizer.map(|inner| Tokenizer { inner }),
             })
         },
     )
@@ -201,8 +203,45 @@ pub fn load_model(
 /// A loaded model. Its methods run on the model's own thread, one call after another.
 #[napi]
 pub struct Model {
-    worker: Arc<Worker<Qwen35>>,
+    worker: Arc<Worker<Session>>,
     shape: ModelShape,
+    tokenizer: Option<Tokenizer>,
+}
+
+/// The model's tokenizer (from its tokenizer.json). Runs on the calling thread: it is fast and
+/// touches no MLX state.
+#[napi]
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: Arc<CoreTokenizer>,
+}
+
+#[napi]
+impl Tokenizer {
+    /// Token ids of `text`; special tokens written in it (`<|im_start|>`) become their ids.
+    #[napi]
+    pub fn encode(&self, text: String) -> Result<Vec<u32>, JsError> {
+        guard(|| self.inner.encode(&text))
+    }
+
+    /// The text of `ids`; special tokens are kept unless `skipSpecialTokens` is true.
+    #[napi]
+    pub fn decode(
+        &self,
+        ids: Vec<u32>,
+        skip_special_tokens: Option<bool>,
+    ) -> Result<String, JsError> {
+        guard(|| {
+            self.inner
+                .decode(&ids, skip_special_tokens.unwrap_or(false))
+        })
+    }
+
+    /// The id of one token string, if the vocabulary has it.
+    #[napi]
+    pub fn token_to_id(&self, token: String) -> Option<u32> {
+        self.inner.token_id(&token)
+    }
 }
 
 fn non_empty(ids: &[u32]) -> mlx_node_core::Result<()> {
@@ -223,6 +262,17 @@ impl Model {
         self.shape.clone()
     }
 
+    /// The model's tokenizer; an error with code MISSING_TOKENIZER when the folder has none.
+    #[napi(getter)]
+    pub fn tokenizer(&self) -> Result<Tokenizer, JsError> {
+        self.tokenizer.clone().ok_or_else(|| {
+            JsError::new(
+                "MISSING_TOKENIZER".to_owned(),
+                "the model folder has no tokenizer.json",
+            )
+        })
+    }
+
     /// Logits `[vocab]` at the last position after running `tokenIds` from an empty cache.
     #[napi(ts_return_type = "Promise<Float32Array>")]
     pub fn logits<'a>(&self, env: &'a Env, token_ids: Vec<u32>) -> Result<Object<'a>, JsError> {
@@ -232,7 +282,7 @@ impl Model {
             &self.worker,
             move |state| {
                 non_empty(&ids)?;
-                let model = loaded(state)?;
+                let model = &loaded(state)?.model;
                 let mut cache = model.new_cache();
                 let logits = prefill(model, &mut cache, &ids, DEFAULT_PREFILL_CHUNK)?;
                 logits.eval()?;
@@ -264,7 +314,7 @@ impl Model {
             &self.worker,
             move |state| {
                 non_empty(&ids)?;
-                greedy(loaded(state)?, &ids, max_new, chunk)
+                greedy(&loaded(state)?.model, &ids, max_new, chunk)
             },
             |_, ids| Ok(ids),
         )

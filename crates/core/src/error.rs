@@ -26,6 +26,10 @@ pub enum ErrorCode {
     InvalidArgument,
     /// The model was disposed before or while the call ran.
     Disposed,
+    /// The model folder has no tokenizer, which the call needs.
+    MissingTokenizer,
+    /// The model folder has no chat template, which the call needs.
+    MissingChatTemplate,
 }
 
 impl ErrorCode {
@@ -41,6 +45,8 @@ impl ErrorCode {
             ErrorCode::UnsupportedQuantization => "UNSUPPORTED_QUANTIZATION",
             ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
             ErrorCode::Disposed => "MODEL_DISPOSED",
+            ErrorCode::MissingTokenizer => "MISSING_TOKENIZER",
+            ErrorCode::MissingChatTemplate => "MISSING_CHAT_TEMPLATE",
         }
     }
 }

@@ -26,17 +26,26 @@ impl GenerationDefaults {
             return Ok(Self::default());
         };
         let json: Value = serde_json::from_str(&text).map_err(|e| {
-            Error::new(ErrorCode::InvalidConfig, format!("{} is not valid JSON: {e}", path.display()))
+            Error::new(
+                ErrorCode::InvalidConfig,
+                format!("{} is not valid JSON: {e}", path.display()),
+            )
         })?;
         let f = |k: &str| json.get(k).and_then(Value::as_f64).map(|v| v as f32);
         let eos_token_ids = match json.get("eos_token_id") {
             Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_u64().map(|n| n as u32)).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_u64().map(|n| n as u32))
+                .collect(),
             _ => Vec::new(),
         };
         Ok(GenerationDefaults {
             temperature: f("temperature"),
-            top_k: json.get("top_k").and_then(Value::as_u64).map(|v| v as usize),
+            top_k: json
+                .get("top_k")
+                .and_then(Value::as_u64)
+                .map(|v| v as usize),
             top_p: f("top_p"),
             min_p: f("min_p"),
             repetition_penalty: f("repetition_penalty"),

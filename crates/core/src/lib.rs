@@ -19,6 +19,7 @@ pub mod norm;
 pub mod runtime;
 pub mod safetensors;
 pub mod sampling;
+pub mod session;
 pub mod tokenizer;
 pub mod weights;
 pub mod worker;
