@@ -9,6 +9,17 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
+/**
+ * The reply of `chatStream`, chunk by chunk: `for await (const chunk of stream)`. Leaving the
+ * loop early stops the generation.
+ */
+export declare class ChatStream {
+  /** The next chunk (`{ done: false, value }`) or the end (`{ done: true }`). */
+  next(): Promise<{ done: boolean, value?: ChatChunk }>
+  /** Stops the generation (what `break` in a `for await` loop calls). */
+  return(): Promise<{ done: boolean, value?: ChatChunk }>
+}
+
 /** A loaded model. Its methods run on the model's own thread, one call after another. */
 export declare class Model {
   /** The model's shape, from its config.json. */
@@ -19,6 +30,15 @@ export declare class Model {
   logits(tokenIds: Array<number>): Promise<Float32Array>
   /** Greedy continuation of `tokenIds`: the new token ids. */
   generate(tokenIds: Array<number>, options?: GenerateOptions | undefined | null): Promise<number[]>
+  /**
+   * The prompt the model's chat template makes of `messages` (OpenAI-shaped; camelCase or
+   * snake_case keys; tool-call arguments as objects or JSON strings).
+   */
+  applyChatTemplate(messages: ChatMessage[], options?: TemplateOptions): string
+  /** One chat turn: the reply, its thinking and tool calls, usage and timings. */
+  chat(messages: ChatMessage[], options?: ChatOptions): Promise<ChatResult>
+  /** The same turn as `chat`, streamed: an async iterable of text and thinking chunks. */
+  chatStream(messages: ChatMessage[], options?: ChatOptions): AsyncIterable<ChatChunk> & ChatStream
   /** Waits for calls in flight, then frees the model. Later calls fail with MODEL_DISPOSED. */
   dispose(): Promise<void>
 }
@@ -34,6 +54,79 @@ export declare class Tokenizer {
   decode(ids: Array<number>, skipSpecialTokens?: boolean | undefined | null): string
   /** The id of one token string, if the vocabulary has it. */
   tokenToId(token: string): number | null
+}
+
+export interface ChatChunk {
+  /** `text` for the answer, `thinking` for reasoning inside `<think>…</think>`. */
+  type: 'text' | 'thinking'
+  text: string
+}
+
+/** A message in the OpenAI shape (snake_case spellings are accepted too). */
+export interface ChatMessage {
+  role: 'system' | 'user' | 'assistant' | 'tool'
+  content?: string | Array<{ type: 'text', text: string } | { type: 'image' | 'video', [key: string]: unknown }>
+  /** An assistant turn's reasoning (kept by the template only after the last user turn). */
+  reasoningContent?: string
+  /** An assistant turn's tool calls; `function.arguments` may be an object or a JSON string. */
+  toolCalls?: Array<{ id?: string, type?: 'function', function: { name: string, arguments: string | Record<string, unknown> } }>
+  /** For `role: 'tool'`: the call this result answers. */
+  toolCallId?: string
+}
+
+/**
+ * Options of `chat` and `chatStream`. Unset sampling options take the model's
+ * generation_config.json values; `temperature: 0` is greedy.
+ */
+export interface ChatOptions {
+  /** Default 2048. */
+  maxNewTokens?: number
+  temperature?: number
+  topP?: number
+  topK?: number
+  minP?: number
+  repetitionPenalty?: number
+  presencePenalty?: number
+  frequencyPenalty?: number
+  /** The same seed gives the same reply. */
+  seed?: number
+  /** Strings that end the reply; they are never part of it. */
+  stop?: string | string[]
+  /** `false` uses the template's empty think block. */
+  enableThinking?: boolean
+  /** OpenAI function tools. */
+  tools?: Array<{ type: 'function', function: { name: string, description?: string, parameters?: Record<string, unknown> } }>
+  /** Stops generation within one decode step; the result has `finishReason: 'abort'`. */
+  signal?: AbortSignal
+  /** Prompt tokens per forward pass (default 512). */
+  prefillChunkSize?: number
+}
+
+export interface ChatPerformance {
+  ttftMs: number
+  prefillTokensPerSecond: number
+  decodeTokensPerSecond: number
+}
+
+export interface ChatResult {
+  text: string
+  /** The reasoning, when the model thought (`enableThinking` on). */
+  thinking?: string
+  toolCalls: Array<ToolCall>
+  /** Tool-call blocks the model wrote but that could not be read; their text stays in `text`. */
+  toolCallErrors: Array<string>
+  finishReason: 'stop' | 'length' | 'tool_calls' | 'abort'
+  usage: ChatUsage
+  performance: ChatPerformance
+}
+
+export interface ChatUsage {
+  promptTokens: number
+  completionTokens: number
+  /** Prompt tokens reused from the previous turns' cache instead of being run again. */
+  cachedTokens: number
+  /** Completion tokens spent inside the think block. */
+  reasoningTokens: number
 }
 
 export interface GenerateOptions {
@@ -89,4 +182,26 @@ export interface ModelShape {
   quantized: boolean
   /** The activation dtype the engine computes in. */
   dtype: string
+}
+
+/** One step of a chat stream, as an async iterator yields it. */
+export interface StreamStep {
+  done: boolean
+  value?: ChatChunk
+}
+
+export interface TemplateOptions {
+  /** OpenAI-style function tools, rendered into the system turn. */
+  tools?: Array<any>
+  /** `false` renders the template's empty think block; unset means the template's default. */
+  enableThinking?: boolean
+  /** End with the opening of an assistant turn (default true). */
+  addGenerationPrompt?: boolean
+}
+
+export interface ToolCall {
+  id: string
+  name: string
+  /** Parameter values typed as JSON when they parse as JSON, else strings. */
+  arguments: Record<string, unknown>
 }

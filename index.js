@@ -835,6 +835,7 @@ function __napiStampBindingTarget(exportsObject, target) {
 // linked import resolves to `undefined`.
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
+module.exports.ChatStream = nativeBinding.ChatStream
 module.exports.Model = nativeBinding.Model
 module.exports.Tokenizer = nativeBinding.Tokenizer
 module.exports.loadModel = nativeBinding.loadModel

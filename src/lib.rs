@@ -3,8 +3,10 @@
 
 use napi_derive::napi;
 
+pub mod chat;
 mod errors;
 pub mod model;
+mod stream;
 
 /// The MLX runtime this addon runs on.
 #[napi(object)]

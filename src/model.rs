@@ -11,11 +11,15 @@ use mlx_node_core::session::Session;
 use mlx_node_core::tokenizer::Tokenizer as CoreTokenizer;
 use mlx_node_core::worker::Worker;
 use mlx_node_core::{config::LayerKind, Qwen35};
-use napi::bindgen_prelude::{Float32Array, Object, Unknown};
+use napi::bindgen_prelude::{Float32Array, Function, Object, Unknown};
 use napi::Env;
 use napi_derive::napi;
 
+use crate::chat::{chat_options, chunk_to_js, result_to_js, watch_signal, ChatChunk};
 use crate::errors::{guard, JsError};
+use crate::stream::{Queue, Settle};
+use mlx_node_core::chat::ChatTemplate;
+use std::sync::atomic::AtomicBool;
 
 #[napi(object)]
 pub struct LoadOptions {
@@ -187,14 +191,16 @@ pub fn load_model(
             let session = Session::load(&dir, requested)?;
             let shape = shape_of(&session.model);
             let tokenizer = session.tokenizer.clone();
+            let template = session.template.clone();
             *state = Some(session);
-            Ok((shape, tokenizer))
+            Ok((shape, tokenizer, template))
         },
-        move |_, (shape, tokenizer)| {
+        move |_, (shape, tokenizer, template)| {
             Ok(Model {
                 worker: handle,
                 shape,
                 tokenizer: tokenizer.map(|inner| Tokenizer { inner }),
+                template,
             })
         },
     )
@@ -206,6 +212,63 @@ pub struct Model {
     worker: Arc<Worker<Session>>,
     shape: ModelShape,
     tokenizer: Option<Tokenizer>,
+    template: Option<Arc<ChatTemplate>>,
+}
+
+#[napi(object)]
+pub struct TemplateOptions {
+    /// OpenAI-style function tools, rendered into the system turn.
+    pub tools: Option<Vec<serde_json::Value>>,
+    /// `false` renders the template's empty think block; unset means the template's default.
+    pub enable_thinking: Option<bool>,
+    /// End with the opening of an assistant turn (default true).
+    pub add_generation_prompt: Option<bool>,
+}
+
+/// One step of a chat stream, as an async iterator yields it.
+#[napi(object)]
+pub struct StreamStep {
+    pub done: bool,
+    pub value: Option<ChatChunk>,
+}
+
+/// The reply of `chatStream`, chunk by chunk: `for await (const chunk of stream)`. Leaving the
+/// loop early stops the generation.
+#[napi]
+pub struct ChatStream {
+    queue: Arc<Queue<StreamStep>>,
+}
+
+#[napi]
+impl ChatStream {
+    /// The next chunk (`{ done: false, value }`) or the end (`{ done: true }`).
+    #[napi(ts_return_type = "Promise<{ done: boolean, value?: ChatChunk }>")]
+    pub fn next<'a>(&self, env: &'a Env) -> Result<Object<'a>, JsError> {
+        let (deferred, promise) = env
+            .create_deferred::<StreamStep, Settle<StreamStep>>()
+            .map_err(|e| JsError::new("INTERNAL_ERROR".into(), e.reason))?;
+        self.queue.pull(deferred);
+        Ok(promise)
+    }
+
+    /// Stops the generation (what `break` in a `for await` loop calls).
+    #[napi(
+        js_name = "return",
+        ts_return_type = "Promise<{ done: boolean, value?: ChatChunk }>"
+    )]
+    pub fn finish<'a>(&self, env: &'a Env) -> Result<Object<'a>, JsError> {
+        self.queue.cancel();
+        let (deferred, promise) = env
+            .create_deferred::<StreamStep, Settle<StreamStep>>()
+            .map_err(|e| JsError::new("INTERNAL_ERROR".into(), e.reason))?;
+        deferred.resolve(Box::new(|_| {
+            Ok(StreamStep {
+                done: true,
+                value: None,
+            })
+        }));
+        Ok(promise)
+    }
 }
 
 /// The model's tokenizer (from its tokenizer.json). Runs on the calling thread: it is fast and
@@ -318,6 +381,156 @@ impl Model {
             },
             |_, ids| Ok(ids),
         )
+    }
+
+    /// The prompt the model's chat template makes of `messages` (OpenAI-shaped; camelCase or
+    /// snake_case keys; tool-call arguments as objects or JSON strings).
+    #[napi(ts_args_type = "messages: ChatMessage[], options?: TemplateOptions")]
+    pub fn apply_chat_template(
+        &self,
+        messages: Vec<serde_json::Value>,
+        options: Option<TemplateOptions>,
+    ) -> Result<String, JsError> {
+        let template = self.template.clone();
+        let options = options.unwrap_or(TemplateOptions {
+            tools: None,
+            enable_thinking: None,
+            add_generation_prompt: None,
+        });
+        guard(move || {
+            let template = template.ok_or_else(|| {
+                mlx_node_core::Error::new(
+                    mlx_node_core::ErrorCode::MissingChatTemplate,
+                    "the model folder has no chat template",
+                )
+            })?;
+            mlx_node_core::chat::render(
+                &template,
+                &messages,
+                options.tools.as_deref(),
+                options.enable_thinking,
+                options.add_generation_prompt.unwrap_or(true),
+            )
+        })
+    }
+
+    /// One chat turn: the reply, its thinking and tool calls, usage and timings.
+    #[napi(
+        ts_args_type = "messages: ChatMessage[], options?: ChatOptions",
+        ts_return_type = "Promise<ChatResult>"
+    )]
+    pub fn chat<'a>(
+        &self,
+        env: &'a Env,
+        messages: Vec<serde_json::Value>,
+        options: Option<Object>,
+    ) -> Result<Object<'a>, JsError> {
+        let parsed = match chat_options(options.as_ref()) {
+            Ok(o) => o,
+            Err(e) => {
+                return rejected(
+                    env,
+                    mlx_node_core::Error::new(mlx_node_core::ErrorCode::InvalidArgument, e.reason),
+                )
+            }
+        };
+        let abort = Arc::new(AtomicBool::new(false));
+        if let Err(e) = watch_signal(env, options.as_ref(), &abort) {
+            return rejected(
+                env,
+                mlx_node_core::Error::new(mlx_node_core::ErrorCode::InvalidArgument, e.reason),
+            );
+        }
+        on_worker(
+            env,
+            &self.worker,
+            move |state| {
+                let session = loaded(state)?;
+                session.chat(&messages, &parsed, &abort, |_| {})
+            },
+            |_, outcome| Ok(result_to_js(outcome)),
+        )
+    }
+
+    /// The same turn as `chat`, streamed: an async iterable of text and thinking chunks.
+    #[napi(
+        ts_args_type = "messages: ChatMessage[], options?: ChatOptions",
+        ts_return_type = "AsyncIterable<ChatChunk> & ChatStream"
+    )]
+    pub fn chat_stream<'a>(
+        &self,
+        env: &'a Env,
+        messages: Vec<serde_json::Value>,
+        options: Option<Object>,
+    ) -> Result<Object<'a>, JsError> {
+        let stream = self.start_stream(env, messages, options)?;
+        // SAFETY: `env` is the live environment of this call.
+        let raw = unsafe { napi::bindgen_prelude::ToNapiValue::to_napi_value(env.raw(), stream) }
+            .map_err(|e| JsError::new("INTERNAL_ERROR".into(), e.reason))?;
+        let instance = Object::from_raw(env.raw(), raw);
+        // `for await` looks for Symbol.asyncIterator, which a napi class cannot declare.
+        let iterable: Function<Object, Object> = env
+            .run_script("(function (s) { s[Symbol.asyncIterator] = function () { return this }; return s })")
+            .map_err(|e| JsError::new("INTERNAL_ERROR".into(), e.reason))?;
+        iterable
+            .call(instance)
+            .map_err(|e| JsError::new("INTERNAL_ERROR".into(), e.reason))
+    }
+
+    fn start_stream(
+        &self,
+        env: &Env,
+        messages: Vec<serde_json::Value>,
+        options: Option<Object>,
+    ) -> Result<ChatStream, JsError> {
+        let abort = Arc::new(AtomicBool::new(false));
+        let queue = Queue::<StreamStep>::new(abort.clone());
+        let stream = ChatStream {
+            queue: queue.clone(),
+        };
+        let parsed = chat_options(options.as_ref())
+            .and_then(|o| watch_signal(env, options.as_ref(), &abort).map(|_| o));
+        let fail_stream = |queue: &Queue<StreamStep>, e: mlx_node_core::Error| {
+            queue.push(Box::new(move |env| Err(coded_error(env, e))));
+        };
+        let parsed = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                fail_stream(
+                    &queue,
+                    mlx_node_core::Error::new(mlx_node_core::ErrorCode::InvalidArgument, e.reason),
+                );
+                return Ok(stream);
+            }
+        };
+        let producer = queue.clone();
+        let submitted = self.worker.submit(move |state| {
+            let result = guard_engine(|| {
+                let session = loaded(state)?;
+                session.chat(&messages, &parsed, &abort, |chunk| {
+                    let chunk = chunk_to_js(chunk);
+                    producer.push(Box::new(move |_| {
+                        Ok(StreamStep {
+                            done: false,
+                            value: Some(chunk),
+                        })
+                    }));
+                })
+            });
+            match result {
+                Ok(_) => producer.push(Box::new(|_| {
+                    Ok(StreamStep {
+                        done: true,
+                        value: None,
+                    })
+                })),
+                Err(e) => producer.push(Box::new(move |env| Err(coded_error(env, e)))),
+            }
+        });
+        if let Err(e) = submitted {
+            fail_stream(&queue, e);
+        }
+        Ok(stream)
     }
 
     /// Waits for calls in flight, then frees the model. Later calls fail with MODEL_DISPOSED.

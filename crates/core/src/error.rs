@@ -30,6 +30,10 @@ pub enum ErrorCode {
     MissingTokenizer,
     /// The model folder has no chat template, which the call needs.
     MissingChatTemplate,
+    /// The chat template refused the conversation (its own message) or failed to render.
+    TemplateError,
+    /// The messages are not in a shape the chat API accepts.
+    InvalidMessages,
 }
 
 impl ErrorCode {
@@ -47,6 +51,8 @@ impl ErrorCode {
             ErrorCode::Disposed => "MODEL_DISPOSED",
             ErrorCode::MissingTokenizer => "MISSING_TOKENIZER",
             ErrorCode::MissingChatTemplate => "MISSING_CHAT_TEMPLATE",
+            ErrorCode::TemplateError => "TEMPLATE_ERROR",
+            ErrorCode::InvalidMessages => "INVALID_MESSAGES",
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod attention;
 pub mod cache;
+pub mod chat;
 pub mod config;
 pub mod error;
 pub mod gated_delta;

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use mlx_node_chat::{ChatTemplate, TemplateError};
 use mlx_rs::Dtype;
 
 use crate::config::ModelConfig;
@@ -18,6 +19,8 @@ pub struct Session {
     pub model: Qwen35,
     /// Absent when the folder has no tokenizer.json (token-level calls still work).
     pub tokenizer: Option<Arc<Tokenizer>>,
+    /// Absent when the folder has no chat template (chat calls then fail with a clear error).
+    pub template: Option<Arc<ChatTemplate>>,
     pub defaults: GenerationDefaults,
     pub conversation: ConversationCache,
     pub dir: PathBuf,
@@ -43,9 +46,15 @@ impl Session {
         } else {
             None
         };
+        let template = match ChatTemplate::from_model_dir(dir) {
+            Ok(t) => Some(Arc::new(t)),
+            Err(TemplateError::NotFound { .. }) => None,
+            Err(e) => return Err(Error::new(ErrorCode::TemplateError, e.to_string())),
+        };
         Ok(Session {
             model,
             tokenizer,
+            template,
             defaults: GenerationDefaults::load(dir)?,
             conversation: ConversationCache::default(),
             dir: dir.to_path_buf(),
@@ -57,6 +66,18 @@ impl Session {
             Error::new(
                 ErrorCode::MissingTokenizer,
                 format!("{} has no tokenizer.json", self.dir.display()),
+            )
+        })
+    }
+
+    pub fn template(&self) -> Result<&Arc<ChatTemplate>> {
+        self.template.as_ref().ok_or_else(|| {
+            Error::new(
+                ErrorCode::MissingChatTemplate,
+                format!(
+                    "{} has no chat template (chat_template.jinja, or chat_template in tokenizer_config.json)",
+                    self.dir.display()
+                ),
             )
         })
     }
