@@ -1,7 +1,7 @@
-// `npm run demo`: builds what is missing, makes a random Qwen3.5 model once (the real
-// tokenizer, template and vocabulary, random weights; cached in .mlx/models/), loads it and
-// generates from it. `npm run demo -- --model DIR` uses a model folder of yours instead.
-// (The chat demo — text in, text out — arrives with the tokenizer and template layer.)
+// `npm run demo`: builds what is missing, makes a random-weight Qwen3.5 model once (real
+// tokenizer, template and vocabulary; cached in .mlx/models/), and chats with it: several
+// turns with thinking on and off and a tool, streamed, with tokens/s.
+// `npm run demo -- --model DIR` chats with a model folder of yours instead.
 import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { join } from 'node:path'
@@ -12,35 +12,73 @@ import { root, run } from './lib.mjs'
 const args = process.argv.slice(2)
 const modelFlag = args.indexOf('--model')
 let modelDir = modelFlag >= 0 ? args[modelFlag + 1] : undefined
+const random = !modelDir
 
 build()
 const { loadModel, mlxInfo } = createRequire(import.meta.url)('../index.js')
 const info = mlxInfo()
 console.log(`@mlx-node/lm on MLX ${info.version}, device ${info.device}, backend ${info.backend}`)
 
-if (!modelDir) {
+if (random) {
   modelDir = join(root, '.mlx', 'models', 'demo-small')
   if (!existsSync(join(modelDir, 'config.json'))) {
     console.log('making a random-weight Qwen3.5 model (once) ...')
     run('cargo', ['run', '--quiet', '--release', '-p', 'mlx-node-model-gen', '--',
       '--out', modelDir, '--preset', 'small', '--cache', join(root, '.mlx', 'cache')])
   }
-  console.log('note: the weights are random, so the tokens mean nothing; the speed is real.')
+  console.log('note: this model has RANDOM weights, so its replies are noise; the speed is real.')
 }
 
 const loadStart = performance.now()
 const model = await loadModel(modelDir)
 const c = model.config
 console.log(`loaded ${modelDir} in ${((performance.now() - loadStart) / 1000).toFixed(2)} s: ` +
-  `${c.modelType}, ${c.numLayers} layers, hidden ${c.hiddenSize}, vocab ${c.vocabSize}, ` +
-  `${c.quantized ? 'quantized' : 'not quantized'}, computing in ${c.dtype}`)
+  `${c.numLayers} layers, hidden ${c.hiddenSize}, ${c.quantized ? 'quantized' : 'not quantized'}, computing in ${c.dtype}\n`)
 
-// "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n" in Qwen3.5's vocabulary.
-const prompt = [248045, 846, 198, 9419, 248046, 198, 248045, 74455, 198]
-const maxNewTokens = 32
-const started = performance.now()
-const ids = await model.generate(prompt, { maxNewTokens })
-const seconds = (performance.now() - started) / 1000
-console.log(`generated ${ids.length} tokens in ${seconds.toFixed(2)} s ` +
-  `(${(ids.length / seconds).toFixed(1)} tokens/s including the prompt): ${ids.join(' ')}`)
+const tools = [{
+  type: 'function',
+  function: {
+    name: 'get_weather',
+    description: 'Current weather for a city',
+    parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
+  },
+}]
+// A random model does not end its turns by itself, so keep replies short there.
+const maxNewTokens = random ? 24 : 512
+const messages = [{ role: 'system', content: 'You are a helpful assistant.' }]
+const turns = [
+  { content: 'Hello! Who are you?', enableThinking: false },
+  { content: 'Why is the sky blue?', enableThinking: true },
+  { content: 'What is the weather in Paris?', enableThinking: false, tools },
+]
+
+for (const turn of turns) {
+  messages.push({ role: 'user', content: turn.content })
+  console.log(`user: ${turn.content}   [thinking ${turn.enableThinking ? 'on' : 'off'}${turn.tools ? ', tools' : ''}]`)
+  process.stdout.write('assistant: ')
+  let mode = 'text'
+  let reply = ''
+  const started = performance.now()
+  let tokens = 0
+  for await (const chunk of model.chatStream(messages, { maxNewTokens, enableThinking: turn.enableThinking, tools: turn.tools })) {
+    if (chunk.type !== mode) {
+      process.stdout.write(chunk.type === 'thinking' ? '\n  (thinking) ' : '\n  ')
+      mode = chunk.type
+    }
+    process.stdout.write(chunk.text)
+    if (chunk.type === 'text') reply += chunk.text
+    tokens++
+  }
+  const seconds = (performance.now() - started) / 1000
+  console.log(`\n  [${tokens} chunks in ${seconds.toFixed(2)} s]`)
+  messages.push({ role: 'assistant', content: reply })
+}
+
+// The same turn once more without streaming, to show the full result object.
+const result = await model.chat(messages.slice(0, 2), { maxNewTokens, temperature: 0.6, enableThinking: false })
+console.log(`\nchat(): finishReason ${result.finishReason}, ${result.usage.promptTokens} prompt tokens ` +
+  `(${result.usage.cachedTokens} from the cache), ${result.usage.completionTokens} generated; ` +
+  `time to first token ${result.performance.ttftMs.toFixed(0)} ms, ` +
+  `prefill ${result.performance.prefillTokensPerSecond.toFixed(1)} tokens/s, ` +
+  `decode ${result.performance.decodeTokensPerSecond.toFixed(1)} tokens/s`)
 await model.dispose()
