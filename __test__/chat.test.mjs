@@ -1,7 +1,8 @@
 // model.chat / chatStream / applyChatTemplate from JS on a fixture model (random weights, so the
 // replies are noise; what is checked is the API's behaviour).
 import assert from 'node:assert/strict'
-import { readFileSync } from 'node:fs'
+import { cpSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 
@@ -97,5 +98,50 @@ describe('chat', options, () => {
     await reject(model.chat([{ role: 'user', content: 'x' }], { stop: 3 }), 'INVALID_ARGUMENT', /stop/)
     const stream = model.chatStream([{ role: 'user', content: 'x' }], { topP: 2 })
     await assert.rejects(stream.next(), (e) => e.code === 'INVALID_ARGUMENT' && /topP/.test(e.message))
+  })
+})
+
+describe('chat on the model thread', options, () => {
+  test('the event loop keeps running during a multi-second generation', async () => {
+    const model = await loadModel(join(fixtures, 'tiny-dense'))
+    let last = performance.now()
+    let worstGap = 0
+    const timer = setInterval(() => {
+      const now = performance.now()
+      worstGap = Math.max(worstGap, now - last)
+      last = now
+    }, 10)
+    const started = performance.now()
+    const r = await model.chat([{ role: 'user', content: 'Keep talking.' }], { maxNewTokens: 400, temperature: 0 })
+    const elapsed = performance.now() - started
+    clearInterval(timer)
+    await model.dispose()
+    assert.ok(elapsed > 2000, `the generation took only ${elapsed.toFixed(0)} ms (${r.usage.completionTokens} tokens)`)
+    assert.ok(worstGap < 200, `the timer was blocked for ${worstGap.toFixed(0)} ms`)
+  })
+
+  test('a folder without tokenizer or template fails with a clear code', async () => {
+    const scratch = mkdtempSync(join(tmpdir(), 'mlx-node-chat-'))
+    try {
+      const bare = join(scratch, 'bare')
+      cpSync(join(fixtures, 'tiny-dense'), bare, { recursive: true, dereference: true })
+      // The fixture's tokenizer.json may be a link flattened to its target's relative path.
+      cpSync(join(fixtures, 'tokenizer', 'tokenizer.json'), join(bare, 'tokenizer.json'))
+      rmSync(join(bare, 'chat_template.jinja'))
+      const noTemplate = await loadModel(bare)
+      assert.equal(noTemplate.tokenizer.encode('hi').length, 1)
+      await assert.rejects(noTemplate.chat([{ role: 'user', content: 'hi' }]), (e) => e.code === 'MISSING_CHAT_TEMPLATE')
+      assert.throws(() => noTemplate.applyChatTemplate([{ role: 'user', content: 'hi' }]), (e) => e.code === 'MISSING_CHAT_TEMPLATE')
+      await noTemplate.dispose()
+
+      rmSync(join(bare, 'tokenizer.json'))
+      const noTokenizer = await loadModel(bare)
+      assert.throws(() => noTokenizer.tokenizer, (e) => e.code === 'MISSING_TOKENIZER')
+      await assert.rejects(noTokenizer.chat([{ role: 'user', content: 'hi' }]), (e) => e.code === 'MISSING_TOKENIZER')
+      assert.equal((await noTokenizer.generate([1, 2, 3], { maxNewTokens: 2 })).length, 2, 'token-level calls still work')
+      await noTokenizer.dispose()
+    } finally {
+      rmSync(scratch, { recursive: true, force: true })
+    }
   })
 })
