@@ -1,0 +1,1 @@
+//! llama.cpp importance matrices for Qwen3.5.
