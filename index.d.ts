@@ -182,6 +182,8 @@ export interface ModelShape {
   quantized: boolean
   /** The activation dtype the engine computes in. */
   dtype: string
+  /** Bytes of all weights as the engine holds them (after any dtype conversion). */
+  weightBytes: number
 }
 
 /** One step of a chat stream, as an async iterator yields it. */

@@ -59,7 +59,8 @@ for (const m of models) {
     const order = r % 2 === 0 ? Object.keys(runners) : Object.keys(runners).reverse()
     for (const who of order) {
       const s = runners[who](m.dir)
-      console.log(`${m.name} | ${who}: decode ${s.decodeTokensPerSecond.toFixed(2)} tok/s, prefill ${s.prefillTokensPerSecond.toFixed(2)} tok/s, load ${s.loadSeconds.toFixed(2)} s, peak RSS ${s.peakRssMiB.toFixed(0)} MiB`)
+      const load = s.weightMiB ? `, load added ${s.loadAddedMiB.toFixed(0)} MiB for ${s.weightMiB.toFixed(0)} MiB of weights (${(s.loadAddedMiB / s.weightMiB).toFixed(2)}×)` : ''
+      console.log(`${m.name} | ${who}: decode ${s.decodeTokensPerSecond.toFixed(2)} tok/s, prefill ${s.prefillTokensPerSecond.toFixed(2)} tok/s, load ${s.loadSeconds.toFixed(2)} s, peak RSS ${s.peakRssMiB.toFixed(0)} MiB${load}`)
       samples[who].push(s)
     }
   }
@@ -71,6 +72,10 @@ for (const m of models) {
       prefillTokensPerSecond: best(who, 'prefillTokensPerSecond'),
       loadSeconds: Math.min(...samples[who].map((s) => s.loadSeconds)),
       peakRssMiB: Math.min(...samples[who].map((s) => s.peakRssMiB)),
+      ...(samples[who][0].weightMiB ? {
+        weightMiB: samples[who][0].weightMiB,
+        loadPeakVsWeights: Math.min(...samples[who].map((s) => s.loadAddedMiB / s.weightMiB)),
+      } : {}),
     }
   }
   const mlxBest = (key) => Math.max(row.measured['mlx-lm f32'][key], row.measured['mlx-lm bf16'][key])

@@ -6,9 +6,13 @@ import { resourceUsage } from 'node:process'
 const { loadModel } = createRequire(import.meta.url)('../index.js')
 const [dir, promptTokens, decodeTokens] = [process.argv[2], Number(process.argv[3]), Number(process.argv[4])]
 
+const baselineMiB = resourceUsage().maxRSS / 1024
 let started = performance.now()
 const model = await loadModel(dir)
 const loadSeconds = (performance.now() - started) / 1000
+// Resident memory the load added, against the weights as the engine holds them.
+const loadAddedMiB = resourceUsage().maxRSS / 1024 - baselineMiB
+const weightMiB = model.config.weightBytes / 2 ** 20
 const prompt = Array.from({ length: promptTokens }, (_, i) => (i * 7919 + 13) % 240000)
 await model.logits(prompt.slice(0, 2)) // warm-up
 started = performance.now()
@@ -26,5 +30,7 @@ console.log(JSON.stringify({
   prefillTokensPerSecond: promptTokens / prefillSeconds,
   decodeTokensPerSecond: decodeTokens / Math.max(many - one, 1e-9),
   peakRssMiB: resourceUsage().maxRSS / 1024,
+  loadAddedMiB,
+  weightMiB,
 }))
 await model.dispose()

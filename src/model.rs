@@ -57,6 +57,8 @@ pub struct ModelShape {
     pub quantized: bool,
     /// The activation dtype the engine computes in.
     pub dtype: String,
+    /// Bytes of all weights as the engine holds them (after any dtype conversion).
+    pub weight_bytes: f64,
 }
 
 fn shape_of(model: &Qwen35) -> ModelShape {
@@ -84,6 +86,7 @@ fn shape_of(model: &Qwen35) -> ModelShape {
         tie_word_embeddings: c.tie_word_embeddings,
         quantized: c.quantization.default.is_some(),
         dtype: dtype_name(model.dtype).to_owned(),
+        weight_bytes: model.weight_bytes as f64,
     }
 }
 
