@@ -101,8 +101,13 @@ fn coded_error(env: Env, e: mlx_node_core::Error) -> napi::Error {
     }
 }
 
-/// What settles a promise on the JS thread.
-type Resolver<T> = Box<dyn FnOnce(Env) -> napi::Result<T> + Send>;
+/// A new promise and the deferred that settles it.
+fn promise<T: napi::bindgen_prelude::ToNapiValue + 'static>(
+    env: &Env,
+) -> Result<(napi::JsDeferred<T, Settle<T>>, Object<'_>), JsError> {
+    env.create_deferred::<T, Settle<T>>()
+        .map_err(|e| JsError::new("INTERNAL_ERROR".into(), e.reason))
+}
 
 /// Queues `job` on the model's thread and returns a Promise of `to_js` of its result.
 fn on_worker<'a, R, T>(
@@ -115,9 +120,7 @@ where
     R: Send + 'static,
     T: napi::bindgen_prelude::ToNapiValue + 'static,
 {
-    let (deferred, promise) = env
-        .create_deferred::<T, Resolver<T>>()
-        .map_err(|e| JsError::new("INTERNAL_ERROR".into(), e.reason))?;
+    let (deferred, promise) = promise::<T>(env)?;
     if worker.is_closed() {
         let e = mlx_node_core::Error::new(
             mlx_node_core::ErrorCode::Disposed,
@@ -164,10 +167,8 @@ fn loaded(state: &mut Option<Session>) -> mlx_node_core::Result<&mut Session> {
 
 /// A promise already rejected with `e` (argument errors reject like engine errors do).
 fn rejected<'a>(env: &'a Env, e: mlx_node_core::Error) -> Result<Object<'a>, JsError> {
-    let (deferred, promise) = env
-        .create_deferred::<(), _>()
-        .map_err(|e| JsError::new("INTERNAL_ERROR".into(), e.reason))?;
-    deferred.resolve(move |env| Err(coded_error(env, e)));
+    let (deferred, promise) = promise::<()>(env)?;
+    deferred.resolve(Box::new(move |env| Err(coded_error(env, e))));
     Ok(promise)
 }
 
@@ -247,9 +248,7 @@ impl ChatStream {
     /// The next chunk (`{ done: false, value }`) or the end (`{ done: true }`).
     #[napi(ts_return_type = "Promise<{ done: boolean, value?: ChatChunk }>")]
     pub fn next<'a>(&self, env: &'a Env) -> Result<Object<'a>, JsError> {
-        let (deferred, promise) = env
-            .create_deferred::<StreamStep, Settle<StreamStep>>()
-            .map_err(|e| JsError::new("INTERNAL_ERROR".into(), e.reason))?;
+        let (deferred, promise) = promise::<StreamStep>(env)?;
         self.queue.pull(deferred);
         Ok(promise)
     }
@@ -261,9 +260,7 @@ impl ChatStream {
     )]
     pub fn finish<'a>(&self, env: &'a Env) -> Result<Object<'a>, JsError> {
         self.queue.cancel();
-        let (deferred, promise) = env
-            .create_deferred::<StreamStep, Settle<StreamStep>>()
-            .map_err(|e| JsError::new("INTERNAL_ERROR".into(), e.reason))?;
+        let (deferred, promise) = promise::<StreamStep>(env)?;
         deferred.resolve(Box::new(|_| {
             Ok(StreamStep {
                 done: true,
@@ -539,9 +536,7 @@ impl Model {
     /// Waits for calls in flight, then frees the model. Later calls fail with MODEL_DISPOSED.
     #[napi(ts_return_type = "Promise<void>")]
     pub fn dispose<'a>(&self, env: &'a Env) -> Result<Object<'a>, JsError> {
-        let (deferred, promise) = env
-            .create_deferred::<(), Resolver<()>>()
-            .map_err(|e| JsError::new("INTERNAL_ERROR".into(), e.reason))?;
+        let (deferred, promise) = promise::<()>(env)?;
         if self.worker.is_closed() {
             // Disposing twice is harmless: the second call has nothing left to free.
             deferred.resolve(Box::new(|_| Ok(())));

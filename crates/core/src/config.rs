@@ -142,7 +142,8 @@ impl Keys<'_> {
     }
 }
 
-fn token_ids(value: Option<&Value>) -> Vec<u32> {
+/// A token id or list of ids, as config files spell `eos_token_id`.
+pub(crate) fn token_ids(value: Option<&Value>) -> Vec<u32> {
     match value {
         Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
         Some(Value::Array(a)) => a
