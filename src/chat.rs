@@ -10,10 +10,10 @@ use napi::{Env, ValueType};
 use napi_derive::napi;
 use serde_json::Value;
 
-use crate::errors::JsError;
+type EngineError = mlx_node_core::Error;
 
-fn invalid(message: String) -> JsError {
-    JsError::new("INVALID_ARGUMENT".to_owned(), message)
+fn invalid(message: String) -> EngineError {
+    EngineError::new(mlx_node_core::ErrorCode::InvalidArgument, message)
 }
 
 #[napi(object)]
@@ -103,7 +103,7 @@ pub fn result_to_js(o: ChatOutcome) -> ChatResult {
     }
 }
 
-fn number(obj: &Object, key: &str) -> Result<Option<f64>, JsError> {
+fn number(obj: &Object, key: &str) -> Result<Option<f64>, EngineError> {
     match obj.get::<Unknown>(key).map_err(|e| invalid(e.reason))? {
         None => Ok(None),
         Some(v) if matches!(v.get_type(), Ok(ValueType::Undefined | ValueType::Null)) => Ok(None),
@@ -116,7 +116,7 @@ fn number(obj: &Object, key: &str) -> Result<Option<f64>, JsError> {
     }
 }
 
-fn count(obj: &Object, key: &str, min: f64) -> Result<Option<usize>, JsError> {
+fn count(obj: &Object, key: &str, min: f64) -> Result<Option<usize>, EngineError> {
     match number(obj, key)? {
         Some(v) if v.fract() != 0.0 || v < min || v > 1e12 => Err(invalid(format!(
             "option `{key}` must be an integer ≥ {min}, got {v}"
@@ -127,11 +127,11 @@ fn count(obj: &Object, key: &str, min: f64) -> Result<Option<usize>, JsError> {
 }
 
 /// Reads the chat options object (everything but `signal`, which [`watch_signal`] handles).
-pub fn chat_options(obj: Option<&Object>) -> Result<ChatOptions, JsError> {
+fn chat_options(obj: Option<&Object>) -> Result<ChatOptions, EngineError> {
     let Some(obj) = obj else {
         return Ok(ChatOptions::default());
     };
-    let f = |k: &str| -> Result<Option<f32>, JsError> { Ok(number(obj, k)?.map(|v| v as f32)) };
+    let f = |k: &str| -> Result<Option<f32>, EngineError> { Ok(number(obj, k)?.map(|v| v as f32)) };
     let stop = match obj.get::<Unknown>("stop").map_err(|e| invalid(e.reason))? {
         None => Vec::new(),
         Some(v) => match v.get_type() {
@@ -183,15 +183,26 @@ pub fn chat_options(obj: Option<&Object>) -> Result<ChatOptions, JsError> {
     })
 }
 
+/// The options of a chat call and the flag its `signal` raises.
+pub fn prepare(
+    env: &Env,
+    options: Option<&Object>,
+) -> Result<(ChatOptions, Arc<AtomicBool>), EngineError> {
+    let parsed = chat_options(options)?;
+    let abort = Arc::new(AtomicBool::new(false));
+    watch_signal(env, options, &abort)?;
+    Ok((parsed, abort))
+}
+
 /// `(signal, abort) => void`, the JS glue that listens to an AbortSignal.
 type Subscribe<'a> = Function<'a, FnArgs<(Object<'a>, Function<'a, (), ()>)>, ()>;
 
 /// Raises `flag` when `options.signal` (an AbortSignal) aborts, or now if it already has.
-pub fn watch_signal(
+fn watch_signal(
     env: &Env,
     options: Option<&Object>,
     flag: &Arc<AtomicBool>,
-) -> Result<(), JsError> {
+) -> Result<(), EngineError> {
     let Some(signal) = options
         .map(|o| o.get::<Object>("signal"))
         .transpose()

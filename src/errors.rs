@@ -12,20 +12,22 @@ pub fn to_js(e: mlx_node_core::Error) -> JsError {
     JsError::new(e.code.as_str().to_owned(), e.message)
 }
 
-/// Runs engine code, translating its errors and catching its panics.
+/// Runs engine code, turning a panic into an `INTERNAL_ERROR` engine error.
+pub fn catch_panic<T>(f: impl FnOnce() -> mlx_node_core::Result<T>) -> mlx_node_core::Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(mlx_node_core::Error::new(
+            mlx_node_core::ErrorCode::Internal,
+            format!("internal error: {what}"),
+        ))
+    })
+}
+
+/// Runs engine code on the JS thread, translating its errors and catching its panics.
 pub fn guard<T>(f: impl FnOnce() -> mlx_node_core::Result<T>) -> JsResult<T> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(result) => result.map_err(to_js),
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(JsError::new(
-                "INTERNAL_ERROR".into(),
-                format!("internal error: {what}"),
-            ))
-        }
-    }
+    catch_panic(f).map_err(to_js)
 }

@@ -15,8 +15,8 @@ use napi::bindgen_prelude::{Float32Array, Function, Object, Unknown};
 use napi::Env;
 use napi_derive::napi;
 
-use crate::chat::{chat_options, chunk_to_js, result_to_js, watch_signal, ChatChunk};
-use crate::errors::{guard, JsError};
+use crate::chat::{chunk_to_js, prepare, result_to_js, ChatChunk};
+use crate::errors::{catch_panic, guard, JsError};
 use crate::stream::{Queue, Settle};
 use mlx_node_core::chat::ChatTemplate;
 use std::sync::atomic::AtomicBool;
@@ -131,7 +131,7 @@ where
     }
     worker
         .submit(move |state| {
-            let result = guard_engine(|| job(state));
+            let result = catch_panic(|| job(state));
             deferred.resolve(Box::new(move |env| match result {
                 Ok(value) => to_js(env, value),
                 Err(e) => Err(coded_error(env, e)),
@@ -139,21 +139,6 @@ where
         })
         .map_err(crate::errors::to_js)?;
     Ok(promise)
-}
-
-/// Runs engine code on the worker, turning a panic into an engine error.
-fn guard_engine<R>(f: impl FnOnce() -> mlx_node_core::Result<R>) -> mlx_node_core::Result<R> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
-        Err(mlx_node_core::Error::new(
-            mlx_node_core::ErrorCode::Mlx,
-            format!("internal error: {what}"),
-        ))
-    })
 }
 
 fn loaded(state: &mut Option<Session>) -> mlx_node_core::Result<&mut Session> {
@@ -425,22 +410,10 @@ impl Model {
         messages: Vec<serde_json::Value>,
         options: Option<Object>,
     ) -> Result<Object<'a>, JsError> {
-        let parsed = match chat_options(options.as_ref()) {
-            Ok(o) => o,
-            Err(e) => {
-                return rejected(
-                    env,
-                    mlx_node_core::Error::new(mlx_node_core::ErrorCode::InvalidArgument, e.reason),
-                )
-            }
+        let (parsed, abort) = match prepare(env, options.as_ref()) {
+            Ok(prepared) => prepared,
+            Err(e) => return rejected(env, e),
         };
-        let abort = Arc::new(AtomicBool::new(false));
-        if let Err(e) = watch_signal(env, options.as_ref(), &abort) {
-            return rejected(
-                env,
-                mlx_node_core::Error::new(mlx_node_core::ErrorCode::InvalidArgument, e.reason),
-            );
-        }
         on_worker(
             env,
             &self.worker,
@@ -483,29 +456,25 @@ impl Model {
         messages: Vec<serde_json::Value>,
         options: Option<Object>,
     ) -> Result<ChatStream, JsError> {
-        let abort = Arc::new(AtomicBool::new(false));
+        let fail_stream = |queue: &Queue<StreamStep>, e: mlx_node_core::Error| {
+            queue.push(Box::new(move |env| Err(coded_error(env, e))));
+        };
+        let (parsed, abort) = match prepare(env, options.as_ref()) {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                // Errors surface from the first `next()`, like every other stream error.
+                let queue = Queue::<StreamStep>::new(Arc::new(AtomicBool::new(false)));
+                fail_stream(&queue, e);
+                return Ok(ChatStream { queue });
+            }
+        };
         let queue = Queue::<StreamStep>::new(abort.clone());
         let stream = ChatStream {
             queue: queue.clone(),
         };
-        let parsed = chat_options(options.as_ref())
-            .and_then(|o| watch_signal(env, options.as_ref(), &abort).map(|_| o));
-        let fail_stream = |queue: &Queue<StreamStep>, e: mlx_node_core::Error| {
-            queue.push(Box::new(move |env| Err(coded_error(env, e))));
-        };
-        let parsed = match parsed {
-            Ok(p) => p,
-            Err(e) => {
-                fail_stream(
-                    &queue,
-                    mlx_node_core::Error::new(mlx_node_core::ErrorCode::InvalidArgument, e.reason),
-                );
-                return Ok(stream);
-            }
-        };
         let producer = queue.clone();
         let submitted = self.worker.submit(move |state| {
-            let result = guard_engine(|| {
+            let result = catch_panic(|| {
                 let session = loaded(state)?;
                 session.chat(&messages, &parsed, &abort, |chunk| {
                     let chunk = chunk_to_js(chunk);

@@ -82,24 +82,18 @@ impl GatedAttention {
             .reshape(&[b, t, self.kv_heads, hd])?;
         let [q, k, v] = [q, k, v].map(|a| a.transpose_axes(&[0, 2, 1, 3]));
         let position = offset as i32;
-        let q = rope(
-            q?,
-            self.rotary_dims,
-            false,
-            self.rope_theta,
-            1.0,
-            position,
-            None,
-        )?;
-        let k = rope(
-            k?,
-            self.rotary_dims,
-            false,
-            self.rope_theta,
-            1.0,
-            position,
-            None,
-        )?;
+        let rotate = |a: Array| {
+            rope(
+                a,
+                self.rotary_dims,
+                false,
+                self.rope_theta,
+                1.0,
+                position,
+                None,
+            )
+        };
+        let (q, k) = (rotate(q?)?, rotate(k?)?);
         let (keys, values) = cache.extend(k, v?)?;
         let scale = (hd as f32).powf(-0.5);
         // MLX's causal mask lines the queries up with the last keys, as a cache needs.

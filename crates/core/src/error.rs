@@ -30,6 +30,8 @@ pub enum ErrorCode {
     MissingTokenizer,
     /// The model folder has no chat template, which the call needs.
     MissingChatTemplate,
+    /// A bug in the engine (a caught panic); the message says where.
+    Internal,
     /// The chat template refused the conversation (its own message) or failed to render.
     TemplateError,
     /// The messages are not in a shape the chat API accepts.
@@ -51,6 +53,7 @@ impl ErrorCode {
             ErrorCode::Disposed => "MODEL_DISPOSED",
             ErrorCode::MissingTokenizer => "MISSING_TOKENIZER",
             ErrorCode::MissingChatTemplate => "MISSING_CHAT_TEMPLATE",
+            ErrorCode::Internal => "INTERNAL_ERROR",
             ErrorCode::TemplateError => "TEMPLATE_ERROR",
             ErrorCode::InvalidMessages => "INVALID_MESSAGES",
         }

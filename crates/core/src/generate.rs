@@ -59,20 +59,20 @@ pub fn greedy(
     max_new_tokens: usize,
     chunk: usize,
 ) -> Result<Vec<u32>> {
-    let mut cache = model.new_cache();
-    let mut logits = prefill(model, &mut cache, prompt, chunk)?;
-    let mut out = Vec::with_capacity(max_new_tokens);
-    for step in 0..max_new_tokens {
-        let next = argmax(&logits)?;
-        out.push(next);
-        if step + 1 == max_new_tokens {
-            break;
-        }
-        logits = model
-            .forward(&tokens_array(&[next]), &mut cache, Logits::Last)?
-            .reshape(&[-1])?;
-    }
-    Ok(out)
+    let request = Request {
+        prompt,
+        max_new_tokens,
+        sampling: SamplingParams::default(),
+        stop_tokens: &[],
+        prefill_chunk: chunk,
+        snapshot_at: &[],
+    };
+    let never = AtomicBool::new(false);
+    let mut conversation = ConversationCache::default();
+    Ok(generate(model, &mut conversation, &request, &never, |_| {
+        Ok(Step::Continue)
+    })?
+    .tokens)
 }
 
 /// Why generation ended.

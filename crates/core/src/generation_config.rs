@@ -32,14 +32,7 @@ impl GenerationDefaults {
             )
         })?;
         let f = |k: &str| json.get(k).and_then(Value::as_f64).map(|v| v as f32);
-        let eos_token_ids = match json.get("eos_token_id") {
-            Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|v| v.as_u64().map(|n| n as u32))
-                .collect(),
-            _ => Vec::new(),
-        };
+        let eos_token_ids = crate::config::token_ids(json.get("eos_token_id"));
         Ok(GenerationDefaults {
             temperature: f("temperature"),
             top_k: json

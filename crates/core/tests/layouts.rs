@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use common::{fixtures, max_abs_diff};
 use mlx_node_core::generate::prefill;
 use mlx_node_core::Qwen35;
-use mlx_node_model_gen::{
-    generate, GenerateOptions, LayerType, ModelShape, MoeShape, TokenizerSource,
-};
+use mlx_node_model_gen::{generate, GenerateOptions, TokenizerSource};
 use mlx_rs::{Array, Dtype};
 
 fn scratch(name: &str) -> PathBuf {
@@ -127,50 +125,11 @@ fn per_expert_tensors_match_the_fused_experts() {
     );
 }
 
-/// Shapes none of the fixtures has.
-fn unusual_shapes() -> Vec<(&'static str, ModelShape)> {
-    let base = ModelShape {
-        vocab_size: 512,
-        hidden_size: 48,
-        num_hidden_layers: 5,
-        layer_types: Some(vec![
-            LayerType::Full,
-            LayerType::Linear,
-            LayerType::Linear,
-            LayerType::Full,
-            LayerType::Linear,
-        ]),
-        intermediate_size: 80,
-        num_attention_heads: 6,
-        num_key_value_heads: 2,
-        head_dim: 16,
-        linear_num_key_heads: 1,
-        linear_num_value_heads: 3,
-        linear_key_head_dim: 16,
-        linear_value_head_dim: 24,
-        linear_conv_kernel_dim: 3,
-        partial_rotary_factor: 0.5,
-        tie_word_embeddings: false,
-        ..ModelShape::tiny()
-    };
-    let moe = ModelShape {
-        moe: Some(MoeShape {
-            num_experts: 5,
-            num_experts_per_tok: 3,
-            moe_intermediate_size: 40,
-            shared_expert_intermediate_size: 24,
-        }),
-        tie_word_embeddings: true,
-        num_key_value_heads: 1,
-        ..base.clone()
-    };
-    vec![("dense", base), ("moe", moe)]
-}
-
 #[test]
 fn unusual_shapes_load_and_chunked_prefill_matches_one_forward() {
-    for (name, shape) in unusual_shapes() {
+    for (name, shape) in common::unusual_shapes() {
         let dir = scratch(name).join("model");
+        let vocab = shape.vocab_size as u32;
         let mut options = GenerateOptions::new(shape, &dir);
         options.tokenizer = TokenizerSource::Skip;
         options.init_std = 0.2;
@@ -179,7 +138,7 @@ fn unusual_shapes_load_and_chunked_prefill_matches_one_forward() {
         assert!(dir.join("model.safetensors.index.json").is_file());
 
         let model = Qwen35::load(&dir, Dtype::Float32).unwrap();
-        let ids: Vec<u32> = (0..40u32).map(|i| (i * 37 + 11) % 512).collect();
+        let ids: Vec<u32> = (0..40u32).map(|i| (i * 37 + 11) % vocab).collect();
         let mut whole = model.new_cache();
         let expected = prefill(&model, &mut whole, &ids, ids.len()).unwrap();
         expected.eval().unwrap();

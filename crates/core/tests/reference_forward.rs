@@ -13,9 +13,7 @@ use std::path::Path;
 use common::max_abs_diff;
 use mlx_node_core::generate::prefill;
 use mlx_node_core::Qwen35;
-use mlx_node_model_gen::{
-    generate, GenerateOptions, LayerType, ModelShape, MoeShape, TokenizerSource,
-};
+use mlx_node_model_gen::{generate, GenerateOptions, LayerType, TokenizerSource};
 use mlx_rs::{Array, Dtype};
 
 struct Tensors(HashMap<String, (Vec<f64>, Vec<usize>)>);
@@ -326,51 +324,9 @@ fn reference_logits(t: &Tensors, c: &Config, ids: &[u32]) -> Vec<f64> {
     logits
 }
 
-fn shapes() -> Vec<(&'static str, ModelShape)> {
-    let dense = ModelShape {
-        vocab_size: 300,
-        hidden_size: 48,
-        num_hidden_layers: 4,
-        layer_types: Some(vec![
-            LayerType::Full,
-            LayerType::Linear,
-            LayerType::Linear,
-            LayerType::Full,
-        ]),
-        intermediate_size: 72,
-        num_attention_heads: 6,
-        num_key_value_heads: 2,
-        head_dim: 16,
-        linear_num_key_heads: 1,
-        linear_num_value_heads: 3,
-        linear_key_head_dim: 16,
-        linear_value_head_dim: 8,
-        linear_conv_kernel_dim: 3,
-        partial_rotary_factor: 0.5,
-        rope_theta: 10000.0,
-        tie_word_embeddings: false,
-        ..ModelShape::tiny()
-    };
-    let moe = ModelShape {
-        moe: Some(MoeShape {
-            num_experts: 5,
-            num_experts_per_tok: 3,
-            moe_intermediate_size: 24,
-            shared_expert_intermediate_size: 20,
-        }),
-        num_attention_heads: 3,
-        num_key_value_heads: 3,
-        linear_num_key_heads: 2,
-        linear_num_value_heads: 2,
-        tie_word_embeddings: true,
-        ..dense.clone()
-    };
-    vec![("dense", dense), ("moe", moe)]
-}
-
 #[test]
 fn engine_matches_a_naive_float64_forward_on_unusual_shapes() {
-    for (name, shape) in shapes() {
+    for (name, shape) in common::unusual_shapes() {
         let dir =
             std::env::temp_dir().join(format!("mlx-node-naive-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

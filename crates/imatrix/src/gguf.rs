@@ -799,12 +799,18 @@ mod tests {
         assert!(parse(&bytes[..used], p()).is_ok());
     }
 
-    #[test]
-    fn unknown_value_type_names_key_and_type() {
+    /// A GGUF v3 header announcing `tensors` tensors and `kvs` metadata entries.
+    fn v3_header(tensors: u64, kvs: u64) -> Vec<u8> {
         let mut bytes = b"GGUF".to_vec();
         bytes.extend_from_slice(&3u32.to_le_bytes());
-        bytes.extend_from_slice(&0u64.to_le_bytes());
-        bytes.extend_from_slice(&1u64.to_le_bytes());
+        bytes.extend_from_slice(&tensors.to_le_bytes());
+        bytes.extend_from_slice(&kvs.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn unknown_value_type_names_key_and_type() {
+        let mut bytes = v3_header(0, 1);
         put_string(&mut bytes, "weird.key");
         bytes.extend_from_slice(&13u32.to_le_bytes());
         bytes.extend_from_slice(&[0; 8]);
@@ -821,10 +827,7 @@ mod tests {
 
     #[test]
     fn unknown_array_element_type_is_refused() {
-        let mut bytes = b"GGUF".to_vec();
-        bytes.extend_from_slice(&3u32.to_le_bytes());
-        bytes.extend_from_slice(&0u64.to_le_bytes());
-        bytes.extend_from_slice(&1u64.to_le_bytes());
+        let mut bytes = v3_header(0, 1);
         put_string(&mut bytes, "arr");
         bytes.extend_from_slice(&9u32.to_le_bytes());
         bytes.extend_from_slice(&99u32.to_le_bytes());
@@ -846,10 +849,7 @@ mod tests {
         let err = parse(&bytes, p()).unwrap_err();
         assert!(matches!(err, Error::Truncated { .. }), "{err}");
 
-        let mut bytes = b"GGUF".to_vec();
-        bytes.extend_from_slice(&3u32.to_le_bytes());
-        bytes.extend_from_slice(&0u64.to_le_bytes());
-        bytes.extend_from_slice(&1u64.to_le_bytes());
+        let mut bytes = v3_header(0, 1);
         put_string(&mut bytes, "arr");
         bytes.extend_from_slice(&9u32.to_le_bytes());
         bytes.extend_from_slice(&8u32.to_le_bytes());

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use mlx_node_model_gen::{LayerType, ModelShape, MoeShape};
 use mlx_rs::Array;
 
 /// `../shared/fixtures/qwen3_5` beside the repository. Missing fixtures fail the test, unless
@@ -78,4 +79,48 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// Checkpoint shapes no fixture has: GQA ratio 3, three value heads per key head, a conv kernel
+/// of 3, half-rotary heads, full attention first, 5 experts with top-3 routing, untied and tied.
+pub fn unusual_shapes() -> Vec<(&'static str, ModelShape)> {
+    let dense = ModelShape {
+        vocab_size: 300,
+        hidden_size: 48,
+        num_hidden_layers: 4,
+        layer_types: Some(vec![
+            LayerType::Full,
+            LayerType::Linear,
+            LayerType::Linear,
+            LayerType::Full,
+        ]),
+        intermediate_size: 72,
+        num_attention_heads: 6,
+        num_key_value_heads: 2,
+        head_dim: 16,
+        linear_num_key_heads: 1,
+        linear_num_value_heads: 3,
+        linear_key_head_dim: 16,
+        linear_value_head_dim: 8,
+        linear_conv_kernel_dim: 3,
+        partial_rotary_factor: 0.5,
+        rope_theta: 10000.0,
+        tie_word_embeddings: false,
+        ..ModelShape::tiny()
+    };
+    let moe = ModelShape {
+        moe: Some(MoeShape {
+            num_experts: 5,
+            num_experts_per_tok: 3,
+            moe_intermediate_size: 24,
+            shared_expert_intermediate_size: 20,
+        }),
+        num_attention_heads: 3,
+        num_key_value_heads: 3,
+        linear_num_key_heads: 2,
+        linear_num_value_heads: 2,
+        tie_word_embeddings: true,
+        ..dense.clone()
+    };
+    vec![("dense", dense), ("moe", moe)]
 }
