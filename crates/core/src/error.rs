@@ -36,6 +36,14 @@ pub enum ErrorCode {
     TemplateError,
     /// The messages are not in a shape the chat API accepts.
     InvalidMessages,
+    /// An importance matrix does not fit the model (names, widths, experts) or is malformed.
+    ImatrixMismatch,
+    /// The output folder exists (and `force` was not given) or is the input itself.
+    OutputExists,
+    /// The input is already quantized; converting it again would compound the error.
+    AlreadyQuantized,
+    /// The disk ran out of space while writing; the partial output was removed.
+    NoSpace,
 }
 
 impl ErrorCode {
@@ -56,6 +64,10 @@ impl ErrorCode {
             ErrorCode::Internal => "INTERNAL_ERROR",
             ErrorCode::TemplateError => "TEMPLATE_ERROR",
             ErrorCode::InvalidMessages => "INVALID_MESSAGES",
+            ErrorCode::ImatrixMismatch => "IMATRIX_MISMATCH",
+            ErrorCode::OutputExists => "OUTPUT_EXISTS",
+            ErrorCode::AlreadyQuantized => "ALREADY_QUANTIZED",
+            ErrorCode::NoSpace => "NO_SPACE",
         }
     }
 }

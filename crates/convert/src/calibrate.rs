@@ -1,0 +1,1 @@
+//! Importance-matrix calibration on our engine (in progress).

@@ -1,0 +1,1 @@
+//! Our CPU kernels under MLX (in progress).
