@@ -194,38 +194,72 @@ impl SafetensorsFile {
         })
     }
 
-    /// Reads tensor `name` into a new MLX array, converted to `dtype` when both are floats.
-    pub fn read(&self, name: &str, dtype: Option<Dtype>) -> Result<Array> {
-        let info = self.tensors.get(name).ok_or_else(|| {
+    fn info(&self, name: &str) -> Result<&TensorInfo> {
+        self.tensors.get(name).ok_or_else(|| {
             Error::new(
                 ErrorCode::MissingTensor,
                 format!("tensor `{name}` is not in {}", self.path.display()),
             )
-        })?;
+        })
+    }
+
+    /// Reads tensor `name` into a new MLX array, converted to `dtype` when both are floats.
+    pub fn read(&self, name: &str, dtype: Option<Dtype>) -> Result<Array> {
+        let rows = self.info(name)?.shape.first().copied().unwrap_or(1);
+        self.read_rows(name, 0..rows, dtype)
+    }
+
+    /// Reads rows `rows` (along the first axis) of tensor `name`, so a converter can stream a
+    /// tensor larger than it wants to hold (an embedding, a stack of experts).
+    pub fn read_rows(
+        &self,
+        name: &str,
+        rows: std::ops::Range<usize>,
+        dtype: Option<Dtype>,
+    ) -> Result<Array> {
+        let info = self.info(name)?;
         let source = info.dtype;
         let target = match (dtype, float_kind(source)) {
             (Some(d), Some(_)) if float_kind_of(d).is_some() => d,
             _ => mlx_dtype(source),
         };
         let out_size = dtype_size(target);
-        let shape: Vec<i32> = info.shape.iter().map(|&d| d as i32).collect();
+        let (mut shape, row_len) = match info.shape.split_first() {
+            Some((&all, rest)) => {
+                if rows.start > rows.end || rows.end > all {
+                    return fail(
+                        ErrorCode::InvalidArgument,
+                        format!(
+                            "tensor `{name}` in {}: rows {rows:?} outside its {all}",
+                            self.path.display()
+                        ),
+                    );
+                }
+                (vec![rows.len()], rest.iter().product::<usize>())
+            }
+            None => (vec![], 1),
+        };
+        shape.extend_from_slice(info.shape.get(1..).unwrap_or(&[]));
+        let count: usize = shape.iter().product();
+        let shape: Vec<i32> = shape.iter().map(|&d| d as i32).collect();
         let mut file = File::open(&self.path).map_err(|e| {
             Error::new(
                 ErrorCode::Io,
                 format!("cannot open {}: {e}", self.path.display()),
             )
         })?;
-        file.seek(SeekFrom::Start(info.offset))
-            .map_err(|e| invalid(&self.path, format!("tensor `{name}`: {e}")))?;
         let in_size = source.size() as usize;
+        let start = info.offset + (rows.start * row_len * in_size) as u64;
+        file.seek(SeekFrom::Start(start))
+            .map_err(|e| invalid(&self.path, format!("tensor `{name}`: {e}")))?;
         let same = mlx_dtype(source) == target;
         // Convert in pieces so the source bytes never need a tensor-sized buffer of their own.
         const PIECE: usize = 1 << 20;
         let mut raw = vec![0u8; if same { 0 } else { PIECE * in_size }];
-        filled_array(&shape, target, info.len() * out_size, |out| {
+        filled_array(&shape, target, count * out_size, |out| {
             let mut done = 0;
-            while done < info.len() {
-                let n = PIECE.min(info.len() - done);
+            while done < count {
+                let n = PIECE.min(count - done);
                 let dst = &mut out[done * out_size..(done + n) * out_size];
                 let src: &mut [u8] = if same { dst } else { &mut raw[..n * in_size] };
                 file.read_exact(src).map_err(|e| {
