@@ -38,6 +38,9 @@ pub struct ConvertOptions {
     pub recipe: Option<String>,
     /// A GGUF or legacy `.dat` imatrix: AWQ pre-scaling.
     pub imatrix: Option<PathBuf>,
+    /// A fixed AWQ strength α for every group (mlx-node's formula is 0.5). By default α is
+    /// searched per group against the recipe's quantizer, or 0.5 when nothing is quantized.
+    pub awq_alpha: Option<f32>,
     /// Dtype of the tensors kept in float and of the quantization scales (default bfloat16).
     pub dtype: Option<String>,
     pub force: bool,
@@ -270,8 +273,36 @@ pub fn convert(
     let s = settings(o)?;
     check_paths(o)?;
     let source = Source::open(&o.input)?;
+    let layers = source.config.layer_kinds.len();
+    let quant = |t: &SourceTensor| match (&s.recipe, t.role) {
+        (Some(r), Role::Matrix) => match r.choose(
+            &t.module,
+            t.layer,
+            layers,
+            *t.shape.last().unwrap_or(&0),
+            s.group_size,
+        ) {
+            Choice::Quantize { bits, group_size } => Some((bits, group_size)),
+            Choice::Keep => None,
+        },
+        _ => None,
+    };
+    let strength = match (o.awq_alpha, &s.recipe) {
+        (Some(alpha), _) if (0.0..=1.0).contains(&alpha) => awq::Strength::Fixed(alpha),
+        (Some(alpha), _) => {
+            return fail(
+                ErrorCode::InvalidArgument,
+                format!("--awq-alpha: {alpha} is not between 0 and 1"),
+            )
+        }
+        (None, Some(_)) => awq::Strength::Search {
+            quant: &quant,
+            dtype: s.dtype,
+        },
+        (None, None) => awq::Strength::Fixed(0.5),
+    };
     let awq_plan = match &o.imatrix {
-        Some(path) => Some(AwqPlan::build(&source, path)?),
+        Some(path) => Some(AwqPlan::build(&source, path, &strength, s.dtype)?),
         None => None,
     };
     let mut warnings = Vec::new();

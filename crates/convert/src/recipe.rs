@@ -238,7 +238,9 @@ impl Recipe {
             }
         };
         match choice {
-            Choice::Quantize { group_size, .. } if input_dim % group_size as usize != 0 => {
+            Choice::Quantize { group_size, .. }
+                if !input_dim.is_multiple_of(group_size as usize) =>
+            {
                 Choice::Keep
             }
             c => c,

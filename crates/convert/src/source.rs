@@ -212,7 +212,7 @@ impl Source {
             }
             if rest.ends_with(".mlp.experts.gate_up_proj") {
                 let shape = self.info(name).shape.clone();
-                if shape.len() != 3 || shape[1] % 2 != 0 {
+                if shape.len() != 3 || !shape[1].is_multiple_of(2) {
                     return fail(
                         ErrorCode::ShapeMismatch,
                         format!("`{name}` has shape {shape:?}, expected [experts, 2·I, hidden]"),
@@ -295,7 +295,7 @@ impl Source {
                 shape,
             });
         }
-        out.sort_by(|a, b| process_order(a).cmp(&process_order(b)));
+        out.sort_by_key(process_order);
         self.check_layers(&out)?;
         self.tensors = out;
         Ok(())
@@ -375,7 +375,7 @@ impl Source {
         if self.layout == Layout::HuggingFace {
             match t.role {
                 Role::Conv => a = a.transpose_axes(&[0, 2, 1])?,
-                Role::ZeroCentredNorm => a = ops::add(&a, &Array::from_slice(&[1.0f32], &[]))?,
+                Role::ZeroCentredNorm => a = ops::add(&a, Array::from_slice(&[1.0f32], &[]))?,
                 _ => {}
             }
         }

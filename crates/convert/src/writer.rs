@@ -129,7 +129,7 @@ impl ShardWriter {
                 offset += t.bytes();
             }
             let mut text = serde_json::to_string(&Value::Object(header)).expect("json");
-            while (text.len() + 8) % 8 != 0 {
+            while !(text.len() + 8).is_multiple_of(8) {
                 text.push(' ');
             }
             let data_start = 8 + text.len() as u64;
