@@ -2,7 +2,7 @@
 // in one run, alternating the two. Prepares (once, cached in .mlx/bench/) a random Qwen3.5
 // checkpoint from our generator, its mlx-lm 4-bit conversion, and mlx-lm in a venv of its own.
 // Prints a table and writes bench/results.json. Every figure is a ratio measured in this run.
-import { execFileSync } from 'node:child_process'
+import { execFileSync, spawnSync } from 'node:child_process'
 import { cpus } from 'node:os'
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -25,10 +25,15 @@ const work = join(root, '.mlx', 'bench')
 mkdirSync(work, { recursive: true })
 const venv = join(root, '.mlx', 'bench-venv')
 const python = join(venv, 'bin', 'python')
-if (!existsSync(python)) {
-  console.log('installing mlx-lm 0.32.2 into .mlx/bench-venv (once) ...')
+// mlx 0.32.4: mlx-lm 0.32.2's quantized experts pass gather_qmm a `global_scale` that 0.32.2
+// lacks. The same venv serves crates/convert/tests/mlx_lm.rs.
+const peerReady = () =>
+  existsSync(python) &&
+  spawnSync(python, ['-c', "import mlx_lm, mlx.core as mx; assert mlx_lm.__version__ == '0.32.2' and mx.__version__ == '0.32.4'"]).status === 0
+if (!peerReady()) {
+  console.log('installing mlx-lm 0.32.2 (mlx 0.32.4) into .mlx/bench-venv (once) ...')
   run('python3', ['-m', 'venv', venv])
-  run(join(venv, 'bin', 'pip'), ['install', '-q', 'mlx[cpu]==0.32.2', 'mlx-lm==0.32.2'])
+  run(join(venv, 'bin', 'pip'), ['install', '-q', 'mlx[cpu]==0.32.4', 'mlx-lm==0.32.2'])
 }
 const hf = join(work, `q35-${size}-hf`)
 if (!existsSync(join(hf, 'config.json'))) {

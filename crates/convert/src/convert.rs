@@ -396,16 +396,15 @@ pub fn convert(
     };
     write_config(&source, &jobs, &s, &temp.path)?;
     let mut licenses = Vec::new();
-    for file in source.side_files()? {
-        let name = file.file_name().expect("file name");
-        let to = temp.path.join(name);
+    for (file, name) in source.side_files()? {
+        let to = temp.path.join(&name);
         std::fs::copy(&file, &to).map_err(|e| io_error(&to, "copying to", e))?;
-        let upper = name.to_string_lossy().to_ascii_uppercase();
-        if upper.starts_with("LICENSE")
-            || upper.starts_with("COPYING")
-            || upper.starts_with("NOTICE")
+        let upper = name.to_ascii_uppercase();
+        if ["LICENSE", "COPYING", "NOTICE"]
+            .iter()
+            .any(|p| upper.starts_with(p))
         {
-            licenses.push(name.to_string_lossy().to_string());
+            licenses.push(name);
         }
     }
     let card_text = card::model_card(&source, o, &summary, &licenses);

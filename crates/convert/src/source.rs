@@ -382,9 +382,10 @@ impl Source {
         Ok(a)
     }
 
-    /// The files to copy beside the weights: tokenizer, template, generation defaults,
-    /// licenses.
-    pub fn side_files(&self) -> Result<Vec<PathBuf>> {
+    /// The files to copy beside the weights, as (source, name in the output): tokenizer,
+    /// template, generation defaults, licenses. A tokenizer.json that is a flattened symbolic
+    /// link is copied from the file it names.
+    pub fn side_files(&self) -> Result<Vec<(PathBuf, String)>> {
         let entries = std::fs::read_dir(&self.dir)
             .map_err(|e| Error::new(ErrorCode::Io, format!("{}: {e}", self.dir.display())))?;
         let mut files = Vec::new();
@@ -405,11 +406,17 @@ impl Source {
             ) || upper.starts_with("LICENSE")
                 || upper.starts_with("NOTICE")
                 || upper.starts_with("COPYING");
-            if wanted && entry.path().is_file() {
-                files.push(entry.path());
+            if !wanted || !entry.path().is_file() {
+                continue;
             }
+            let from = if name == "tokenizer.json" {
+                mlx_node_core::tokenizer::tokenizer_file(&self.dir)?
+            } else {
+                entry.path()
+            };
+            files.push((from, name));
         }
-        files.sort();
+        files.sort_by(|a, b| a.1.cmp(&b.1));
         Ok(files)
     }
 }

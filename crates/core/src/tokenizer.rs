@@ -12,7 +12,7 @@ pub struct Tokenizer {
 /// `tokenizer.json`, or the file it names when it is a flattened symbolic link: a checkout
 /// without symlink support (git's `core.symlinks=false`) leaves a small text file holding the
 /// link's relative target instead.
-fn tokenizer_file(dir: &Path) -> Result<PathBuf> {
+pub fn tokenizer_file(dir: &Path) -> Result<PathBuf> {
     let path = dir.join("tokenizer.json");
     let meta = std::fs::metadata(&path).map_err(|e| {
         Error::new(
