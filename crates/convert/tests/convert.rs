@@ -301,3 +301,85 @@ fn refusals_have_codes_and_leave_nothing_behind() {
     let _ = Array::from_slice(&[0i32], &[1]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn dat_and_gguf_imatrix_scale_alike() {
+    let Some(root) = fixtures() else { return };
+    let dir = scratch("dat-gguf");
+    let mut outs = Vec::new();
+    for form in ["gguf", "dat"] {
+        let out = dir.join(form);
+        let o = ConvertOptions {
+            input: root.join("tiny-dense"),
+            output: out.clone(),
+            imatrix: Some(root.join(format!("reference/tiny-dense.imatrix.{form}"))),
+            awq_alpha: Some(0.5),
+            dtype: Some("float32".into()),
+            ..Default::default()
+        };
+        convert(&o, &mut |_| {}).unwrap();
+        outs.push(out);
+    }
+    let a = tensors(&outs[0]);
+    let b = tensors(&outs[1]);
+    let mut worst = 0f32;
+    for (name, (_, _, x)) in &a {
+        let y = &b[name].2;
+        for (p, q) in x.chunks(4).zip(y.chunks(4)) {
+            let p = f32::from_le_bytes(p.try_into().unwrap());
+            let q = f32::from_le_bytes(q.try_into().unwrap());
+            worst = worst.max((p - q).abs() / (1e-6 + p.abs()));
+        }
+    }
+    eprintln!("AWQ from the .dat vs the GGUF imatrix: max relative difference {worst:.2e}");
+    assert!(worst < 1e-5, "{worst}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_input_license_is_copied_and_named_in_the_card() {
+    let Some(root) = fixtures() else { return };
+    let dir = scratch("license");
+    let input = dir.join("Qwen3.5-tiny");
+    std::fs::create_dir_all(&input).unwrap();
+    for e in std::fs::read_dir(root.join("tiny-dense"))
+        .unwrap()
+        .flatten()
+    {
+        let to = input.join(e.file_name());
+        if e.file_name() == "tokenizer.json" {
+            std::fs::copy(
+                mlx_node_core::tokenizer::tokenizer_file(&root.join("tiny-dense")).unwrap(),
+                to,
+            )
+            .unwrap();
+        } else {
+            std::fs::copy(e.path(), to).unwrap();
+        }
+    }
+    std::fs::write(input.join("LICENSE"), "Apache License 2.0 (test copy)\n").unwrap();
+    std::fs::write(
+        input.join("README.md"),
+        "---\nlicense: apache-2.0\n---\n# tiny\n",
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let mut o = options(&input, &out);
+    o.quantize = true;
+    o.bits = Some(3);
+    o.recipe = Some("unsloth".into());
+    o.command = Some("mlx convert -i Qwen3.5-tiny -o out -q --q-bits 3 --q-recipe unsloth".into());
+    convert(&o, &mut |_| {}).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(out.join("LICENSE")).unwrap(),
+        "Apache License 2.0 (test copy)\n"
+    );
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(card.contains("license: apache-2.0"), "{card}");
+    assert!(
+        card.contains("`apache-2.0`, inherited from the base model (copied: LICENSE)"),
+        "{card}"
+    );
+    assert!(card.contains("mlx convert -i Qwen3.5-tiny -o out -q --q-bits 3 --q-recipe unsloth\n"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
