@@ -447,10 +447,20 @@ fn write_job(
     let mut row = 0;
     while row < rows_total {
         let end = (row + per_slice).min(rows_total);
-        let a = if t.shape.len() >= 2 {
-            source.read(t, row..end)?
+        // Without AWQ or a norm shift, the values go straight into the output dtype (what
+        // mlx-lm quantizes too); otherwise they are computed in float32 and rounded once.
+        let read_dtype = if scalings.is_empty() && !source.shifts(t) {
+            match job.outputs[0].dtype {
+                OutDtype::F32 => Dtype::Float32,
+                _ => s.dtype,
+            }
         } else {
-            source.read(t, 0..t.shape.first().copied().unwrap_or(1))?
+            Dtype::Float32
+        };
+        let a = if t.shape.len() >= 2 {
+            source.read_as(t, row..end, read_dtype)?
+        } else {
+            source.read_as(t, 0..t.shape.first().copied().unwrap_or(1), read_dtype)?
         };
         let a = awq::apply(&a, scalings, row..end)?;
         match job.choice {

@@ -353,10 +353,21 @@ impl Source {
         Ok(())
     }
 
+    /// Whether reading `t` involves arithmetic (the +1 of a Hugging Face norm).
+    pub fn shifts(&self, t: &SourceTensor) -> bool {
+        self.layout == Layout::HuggingFace && t.role == Role::ZeroCentredNorm
+    }
+
     /// Rows `rows` (along axis 0) of `t` as float32, in the MLX layout: conv1d transposed,
     /// zero-centred norms shifted by +1 when the input is in the Hugging Face layout.
     pub fn read(&self, t: &SourceTensor, rows: Range<usize>) -> Result<Array> {
-        let f32 = Some(Dtype::Float32);
+        self.read_as(t, rows, Dtype::Float32)
+    }
+
+    /// [`Source::read`] in `dtype` (read straight into it when nothing has to be computed in
+    /// float32 first).
+    pub fn read_as(&self, t: &SourceTensor, rows: Range<usize>, dtype: Dtype) -> Result<Array> {
+        let f32 = Some(dtype);
         let file = |name: &str| &self.files[self.file_of[name]];
         let mut a = match &t.read {
             Read::Whole(name) => file(name).read_rows(name, rows, f32)?,
