@@ -291,6 +291,13 @@ fn refusals_have_codes_and_leave_nothing_behind() {
     assert_eq!(e.code, ErrorCode::NoSpace, "{}", e.message);
     assert!(!dir.join("full").exists());
 
+    // Another architecture.
+    let other = dir.join("llama");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("config.json"), r#"{"model_type": "llama", "hidden_size": 64}"#).unwrap();
+    let e = run(&options(&other, &dir.join("l")));
+    assert_eq!(e.code, ErrorCode::UnsupportedModel, "{}", e.message);
+
     // --force replaces.
     let mut o = options(&input, &out);
     o.force = true;
