@@ -212,11 +212,11 @@ fn prescaled_float_model_is_unchanged_and_every_group_is_scaled() {
                     let up_plain = to_vec(&plain[&p(up)]);
                     let up_awq = to_vec(&awq[&p(up)]);
                     let up_cols = up_plain.len() / (experts * cols);
-                    for j in 0..cols {
+                    for (j, &sj) in s.iter().enumerate() {
                         for i in 0..rows_per {
                             let k = base + i * cols + j;
                             assert!(
-                                (da[k] - dp[k] * s[j]).abs() <= 1e-5 * (1.0 + da[k].abs()),
+                                (da[k] - dp[k] * sj).abs() <= 1e-5 * (1.0 + da[k].abs()),
                                 "{down}[{e}] col {j}"
                             );
                         }

@@ -12,6 +12,7 @@ use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::linear::{slice_axis, Linear};
 use crate::norm::RmsNorm;
+use crate::tap::{Proj, Tap};
 use crate::weights::WeightStore;
 
 pub struct GatedAttention {
@@ -57,9 +58,17 @@ impl GatedAttention {
         })
     }
 
-    /// `x`: `[B, T, hidden]`; `offset`: position of its first token.
-    pub fn forward(&self, x: &Array, cache: &mut KvCache, offset: usize) -> Result<Array> {
+    /// `x`: `[B, T, hidden]`; `offset`: position of its first token. `tap` sees the inputs of
+    /// q/k/v_proj and o_proj.
+    pub fn forward(
+        &self,
+        x: &Array,
+        cache: &mut KvCache,
+        offset: usize,
+        tap: &mut Tap,
+    ) -> Result<Array> {
         let (b, t) = (x.shape()[0], x.shape()[1]);
+        tap.linear(&[Proj::QProj, Proj::KProj, Proj::VProj], x)?;
         let hd = self.head_dim;
         // The query and its gate are interleaved per head: [q_0 | gate_0 | q_1 | gate_1 | …].
         let qg = self
@@ -103,6 +112,7 @@ impl GatedAttention {
             .transpose_axes(&[0, 2, 1, 3])?
             .reshape(&[b, t, self.heads * hd])?
             .multiply(sigmoid(&gate)?)?;
+        tap.linear(&[Proj::OProj], &o)?;
         self.o_proj.forward(&o)
     }
 }

@@ -19,6 +19,7 @@ use crate::cache::LinearState;
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::linear::{slice_axis, Linear};
+use crate::tap::{Proj, Tap};
 use crate::weights::WeightStore;
 
 pub struct GatedDeltaNet {
@@ -103,8 +104,14 @@ impl GatedDeltaNet {
         Ok(y.expect("the kernel has at least one tap"))
     }
 
-    pub fn forward(&self, x: &Array, state: &mut LinearState) -> Result<Array> {
+    /// `x`: `[B, T, hidden]`. `tap` sees the input of the four input projections and of
+    /// out_proj (in Hugging Face value-head order).
+    pub fn forward(&self, x: &Array, state: &mut LinearState, tap: &mut Tap) -> Result<Array> {
         let (b, t) = (x.shape()[0], x.shape()[1]);
+        tap.linear(
+            &[Proj::InProjQkv, Proj::InProjZ, Proj::InProjB, Proj::InProjA],
+            x,
+        )?;
         let (hk, hv, dk, dv) = (
             self.key_heads,
             self.value_heads,
@@ -173,7 +180,9 @@ impl GatedDeltaNet {
         let normed = mlx_rs::fast::rms_norm(&o, Some(&f32(self.norm_weight.clone())?), self.eps)?;
         let gated = normed
             .multiply(mlx_rs::nn::silu(&z)?)?
-            .as_dtype(x.dtype())?;
-        self.out_proj.forward(&gated.reshape(&[b, t, hv * dv])?)
+            .as_dtype(x.dtype())?
+            .reshape(&[b, t, hv * dv])?;
+        tap.linear(&[Proj::OutProj], &gated)?;
+        self.out_proj.forward(&gated)
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Layers, each using only those before it: `error` and `runtime`; `config` (config.json) and
 //! `safetensors` (file headers); `weights` (tensor names and layouts); the building blocks
-//! `linear`, `norm`, `attention`, `gated_delta`, `mlp`; `cache`; `model`; `generate`; and `worker`, the thread a loaded model lives on.
+//! `linear`, `norm`, `attention`, `gated_delta`, `mlp` (with `tap`, which lets a caller see the
+//! inputs of their linears); `cache`; `model`; `generate`; and `worker`, the thread a loaded model lives on.
 //! The Node addon (the workspace's root crate) only translates types and errors.
 
 pub mod attention;
@@ -21,6 +22,7 @@ pub mod runtime;
 pub mod safetensors;
 pub mod sampling;
 pub mod session;
+pub mod tap;
 pub mod tokenizer;
 pub mod weights;
 pub mod worker;
@@ -28,3 +30,4 @@ pub mod worker;
 pub use error::{Error, ErrorCode, Result};
 pub use model::{Logits, Qwen35};
 pub use runtime::{mlx_info, Backend, MlxInfo};
+pub use tap::{ActivationSink, Proj, Tap};

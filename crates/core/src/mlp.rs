@@ -9,6 +9,7 @@ use mlx_rs::{Array, Dtype};
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::linear::{slice_axis, ExpertBank, Linear};
+use crate::tap::{Proj, Tap};
 use crate::weights::WeightStore;
 
 pub struct SwiGlu {
@@ -26,9 +27,26 @@ impl SwiGlu {
         })
     }
 
-    pub fn forward(&self, x: &Array) -> Result<Array> {
+    /// `reads` names gate_proj/up_proj for `tap` (whose input is reported here, unless empty)
+    /// and `reads_down` down_proj: the dense MLP and the shared expert differ.
+    fn forward_as(
+        &self,
+        x: &Array,
+        tap: &mut Tap,
+        reads: &[Proj],
+        reads_down: Proj,
+    ) -> Result<Array> {
+        if !reads.is_empty() {
+            tap.linear(reads, x)?;
+        }
         let h = mlx_rs::nn::silu(self.gate_proj.forward(x)?)?.multiply(self.up_proj.forward(x)?)?;
+        tap.linear(&[reads_down], &h)?;
         self.down_proj.forward(&h)
+    }
+
+    /// The dense MLP of a layer; `tap` sees the inputs of its three projections.
+    pub fn forward(&self, x: &Array, tap: &mut Tap) -> Result<Array> {
+        self.forward_as(x, tap, &[Proj::GateProj, Proj::UpProj], Proj::DownProj)
     }
 }
 
@@ -70,11 +88,22 @@ impl SparseMoe {
         })
     }
 
-    pub fn forward(&self, x: &Array) -> Result<Array> {
+    /// `tap` sees the input of the router, the shared expert and its gate, and of the experts
+    /// (with the routing).
+    pub fn forward(&self, x: &Array, tap: &mut Tap) -> Result<Array> {
         let shape = x.shape().to_vec();
         let hidden = shape[shape.len() - 1];
         let tokens: i32 = shape[..shape.len() - 1].iter().product();
         let flat = x.reshape(&[tokens, hidden])?;
+        tap.linear(
+            &[
+                Proj::Router,
+                Proj::SharedGateProj,
+                Proj::SharedUpProj,
+                Proj::SharedExpertGate,
+            ],
+            &flat,
+        )?;
 
         let logits = self.router.forward(&flat)?.as_dtype(Dtype::Float32)?;
         let probs = softmax_axis(&logits, -1, true)?;
@@ -90,17 +119,19 @@ impl SparseMoe {
             weights = weights.divide(weights.sum_axis(-1, true)?)?;
         }
 
+        tap.experts(&[Proj::ExpertsGateUp], &flat, &experts)?;
         let rows = flat.reshape(&[tokens, 1, 1, hidden])?;
         let g = self.gate.forward(&rows, &experts)?;
         let u = self.up.forward(&rows, &experts)?;
         let h = mlx_rs::nn::silu(g)?.multiply(u)?;
+        tap.experts(&[Proj::ExpertsDown], &h, &experts)?;
         let y = self.down.forward(&h, &experts)?.squeeze_axes(&[-2])?;
         let routed = y
             .multiply(weights.as_dtype(y.dtype())?.expand_dims(-1)?)?
             .sum_axis(-2, false)?;
         let shared = self
             .shared
-            .forward(&flat)?
+            .forward_as(&flat, tap, &[], Proj::SharedDownProj)?
             .multiply(sigmoid(self.shared_gate.forward(&flat)?)?)?;
         Ok(routed.add(shared)?.reshape(&shape)?)
     }
@@ -112,10 +143,10 @@ pub enum FeedForward {
 }
 
 impl FeedForward {
-    pub fn forward(&self, x: &Array) -> Result<Array> {
+    pub fn forward(&self, x: &Array, tap: &mut Tap) -> Result<Array> {
         match self {
-            FeedForward::Dense(m) => m.forward(x),
-            FeedForward::Sparse(m) => m.forward(x),
+            FeedForward::Dense(m) => m.forward(x, tap),
+            FeedForward::Sparse(m) => m.forward(x, tap),
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::gated_delta::GatedDeltaNet;
 use crate::linear::{slice_axis, Embedding, Linear};
 use crate::mlp::{FeedForward, SparseMoe, SwiGlu};
 use crate::norm::RmsNorm;
+use crate::tap::Tap;
 use crate::weights::WeightStore;
 
 enum Mixer {
@@ -125,15 +126,34 @@ impl Qwen35 {
 
     /// Runs `tokens` `[B, T]` (int32) after what `cache` holds, and advances it.
     pub fn forward(&self, tokens: &Array, cache: &mut ModelCache, which: Logits) -> Result<Array> {
+        let h = self.forward_layers(tokens, cache, &mut Tap::none())?;
+        self.head(&h, which)
+    }
+
+    /// The decoder layers only: runs `tokens` `[B, T]` after what `cache` holds, advances it and
+    /// returns the last hidden state `[B, T, hidden]` (before the final norm), without the
+    /// output head. `tap` sees the input of every linear of every layer (see [`crate::tap`]).
+    pub fn forward_layers(
+        &self,
+        tokens: &Array,
+        cache: &mut ModelCache,
+        tap: &mut Tap,
+    ) -> Result<Array> {
+        if cache.layers.len() != self.layers.len() {
+            return fail(
+                ErrorCode::InvalidArgument,
+                "the cache does not belong to this model",
+            );
+        }
         let t = tokens.shape()[1];
-        let vocab = self.config.vocab_size as i32;
         let mut h = self.embed.lookup(tokens)?;
-        for (layer, state) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        for (i, (layer, state)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+            tap.set_layer(i);
             let x = layer.input_norm.forward(&h)?;
             let x = match (&layer.mixer, state) {
-                (Mixer::Linear(m), LayerCache::Linear(s)) => m.forward(&x, s)?,
+                (Mixer::Linear(m), LayerCache::Linear(s)) => m.forward(&x, s, tap)?,
                 (Mixer::Attention(m), LayerCache::Attention(kv)) => {
-                    m.forward(&x, kv, cache.offset)?
+                    m.forward(&x, kv, cache.offset, tap)?
                 }
                 _ => {
                     return fail(
@@ -143,12 +163,19 @@ impl Qwen35 {
                 }
             };
             h = h.add(x)?;
-            let x = layer.ffn.forward(&layer.post_norm.forward(&h)?)?;
+            let x = layer.ffn.forward(&layer.post_norm.forward(&h)?, tap)?;
             h = h.add(x)?;
         }
         cache.offset += t as usize;
+        Ok(h)
+    }
+
+    /// The final norm and the output head over the positions `which` of `h` `[B, T, hidden]`.
+    fn head(&self, h: &Array, which: Logits) -> Result<Array> {
+        let t = h.shape()[1];
+        let vocab = self.config.vocab_size as i32;
         let h = match &which {
-            Logits::Last => slice_axis(&h, 1, t - 1, t)?,
+            Logits::Last => slice_axis(h, 1, t - 1, t)?,
             Logits::At(positions) => {
                 if let Some(p) = positions.iter().find(|&&p| p < 0 || p >= t) {
                     return fail(
@@ -158,7 +185,7 @@ impl Qwen35 {
                 }
                 h.take_axis(Array::from_slice(positions, &[positions.len() as i32]), 1)?
             }
-            Logits::All => h,
+            Logits::All => h.clone(),
         };
         let logits = self.lm_head.forward(&self.norm.forward(&h)?)?;
         Ok(match which {

@@ -58,6 +58,15 @@ impl Tokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// Token ids of `text` with special-token text (`<|im_start|>`) tokenized as ordinary
+    /// text, as llama.cpp does for calibration text (`parse_special = false`).
+    pub fn encode_as_text(&mut self, text: &str) -> Result<Vec<u32>> {
+        self.inner.set_encode_special_tokens(true);
+        let ids = self.encode(text);
+        self.inner.set_encode_special_tokens(false);
+        ids
+    }
+
     /// The text of `ids`, special tokens included unless `skip_special`.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         self.inner.decode(ids, skip_special).map_err(|e| {
