@@ -1,12 +1,24 @@
 //! Linear maps and embeddings whose weights are either plain float matrices or MLX affine
 //! quantized ones (packed codes with a scale and a bias per group), and the expert banks of a
 //! mixture-of-experts layer (one such matrix per expert, applied through gather matmuls).
+//!
+//! Quantized products on a CPU stream go through our own kernels (`mlx-node-kernels`: MLX
+//! primitives with AVX2/NEON, multi-threaded); `MLX_NODE_KERNELS=0` turns them off, and
+//! whatever they do not handle (other devices, shapes) goes to MLX's own ops.
 
 use mlx_rs::ops::{dequantize, gather_mm, gather_qmm, quantized_matmul};
 use mlx_rs::Array;
 
 use crate::config::QuantParams;
-use crate::error::Result;
+use crate::error::{Error, ErrorCode, Result};
+
+/// Our kernel's output, or `None` when the kernels are off or leave this call to MLX.
+fn kernel(op: impl FnOnce() -> mlx_node_kernels::Result<Option<Array>>) -> Result<Option<Array>> {
+    if !mlx_node_kernels::enabled() {
+        return Ok(None);
+    }
+    op().map_err(|e| Error::new(ErrorCode::Mlx, e.to_string()))
+}
 
 /// A weight matrix `[out, in]` (or a stack `[E, out, in]` of them), plain or quantized.
 #[derive(Clone, Debug)]
@@ -40,15 +52,15 @@ impl Linear {
                 scales,
                 biases,
                 params,
-            } => quantized_matmul(
-                x,
-                codes,
-                scales,
-                biases,
-                true,
-                params.group_size as i32,
-                params.bits as i32,
-            )?,
+            } => {
+                let (group_size, bits) = (params.group_size as i32, params.bits as i32);
+                match kernel(|| {
+                    mlx_node_kernels::quantized_matmul(x, codes, scales, biases, group_size, bits)
+                })? {
+                    Some(y) => y,
+                    None => quantized_matmul(x, codes, scales, biases, true, group_size, bits)?,
+                }
+            }
         })
     }
 }
@@ -97,18 +109,26 @@ impl ExpertBank {
                 scales,
                 biases,
                 params,
-            } => gather_qmm(
-                x,
-                codes,
-                scales,
-                biases,
-                None,
-                experts,
-                true,
-                params.group_size as i32,
-                params.bits as i32,
-                false,
-            )?,
+            } => {
+                let (group_size, bits) = (params.group_size as i32, params.bits as i32);
+                match kernel(|| {
+                    mlx_node_kernels::gather_qmm(
+                        x,
+                        codes,
+                        scales,
+                        biases,
+                        None,
+                        Some(experts),
+                        group_size,
+                        bits,
+                    )
+                })? {
+                    Some(y) => y,
+                    None => gather_qmm(
+                        x, codes, scales, biases, None, experts, true, group_size, bits, false,
+                    )?,
+                }
+            }
         })
     }
 }
@@ -148,5 +168,65 @@ pub fn slice_axis(a: &Array, axis: i32, start: i32, end: i32) -> Result<Array> {
             ));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn max_abs_diff(a: &Array, b: &Array) -> (f32, f32) {
+        let (a, b) = (a.as_slice::<f32>(), b.as_slice::<f32>());
+        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let diff = a
+            .iter()
+            .zip(b)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        (diff, scale)
+    }
+
+    /// The quantized layers give MLX's own results (within float32 rounding) whether or not
+    /// our kernels take them.
+    #[test]
+    fn quantized_layers_match_mlx_ops() {
+        let key = mlx_rs::random::key(3).unwrap();
+        let params = QuantParams {
+            group_size: 64,
+            bits: 4,
+        };
+        let w = mlx_rs::random::normal::<f32>(&[3, 40, 128][..], 0.0, 1.0, &key).unwrap();
+        let (codes, scales, biases) = mlx_rs::ops::quantize(&w, 64, 4).unwrap();
+        let x = mlx_rs::random::normal::<f32>(&[2, 3, 128][..], 0.0, 1.0, &key).unwrap();
+
+        let first = |a: &Array| a.take_axis(Array::from_int(0), 0).unwrap();
+        let (c0, s0, b0) = (first(&codes), first(&scales), first(&biases));
+        let linear = Linear(Weight::Quantized {
+            codes: c0.clone(),
+            scales: s0.clone(),
+            biases: b0.clone(),
+            params,
+        });
+        let y = linear.forward(&x).unwrap();
+        let reference = quantized_matmul(&x, &c0, &s0, &b0, true, 64, 4).unwrap();
+        mlx_rs::transforms::eval([&y, &reference]).unwrap();
+        let (diff, scale) = max_abs_diff(&y, &reference);
+        assert!(diff <= 1e-5 * scale, "linear: {diff} vs {scale}");
+
+        let bank = ExpertBank(Weight::Quantized {
+            codes: codes.clone(),
+            scales: scales.clone(),
+            biases: biases.clone(),
+            params,
+        });
+        let tokens = x.reshape(&[6, 1, 1, 128]).unwrap();
+        let experts = Array::from_slice(&[0u32, 2, 1, 1, 2, 0, 0, 1, 2, 2, 1, 0], &[6, 2]);
+        let y = bank.forward(&tokens, &experts).unwrap();
+        let reference = gather_qmm(
+            &tokens, &codes, &scales, &biases, None, &experts, true, 64, 4, false,
+        )
+        .unwrap();
+        mlx_rs::transforms::eval([&y, &reference]).unwrap();
+        let (diff, scale) = max_abs_diff(&y, &reference);
+        assert!(diff <= 1e-5 * scale, "experts: {diff} vs {scale}");
     }
 }

@@ -1,1 +1,248 @@
-//! Our CPU kernels under MLX (in progress).
+//! Our CPU kernels under MLX: custom MLX primitives (C++ `mlx::core::Primitive` subclasses in
+//! `csrc/`, compiled against the very MLX headers `mlx-sys` links) for affine quantized
+//! matmuls, reached through a small C ABI.
+//!
+//! * [`quantized_matmul`]: `x · dequantize(w)ᵀ` like MLX's `quantized_matmul(…, transpose =
+//!   true)` in affine mode, 2/3/4/5/6/8 bits, groups 32/64/128.
+//! * [`gather_qmm`]: the same per gathered matrix, like MLX's `gather_qmm` (mixture-of-experts
+//!   banks, `rhs_indices` = the experts of each token).
+//!
+//! Both build lazy graph nodes (MLX evaluates them with `eval`/`async_eval` like its own ops)
+//! and return `Ok(None)` when they do not handle a call: a stream on another device than the
+//! CPU, parameters or shapes outside the above. Callers then use MLX's own op, which also
+//! reports shape errors in MLX's words.
+//!
+//! Run-time knobs: `MLX_NODE_KERNELS=0` ([`enabled`] is false; for callers to compare),
+//! `MLX_NODE_KERNELS_ISA=portable|avx2|neon|auto` (the default ISA; AVX2+FMA is used when the
+//! CPU has it) and `MLX_NODE_THREADS` (threads of the pool, default one per available CPU).
+
+use std::ffi::CStr;
+use std::fmt;
+use std::sync::OnceLock;
+
+use mlx_rs::{Array, Stream};
+use mlx_sys::{mlx_array, mlx_stream};
+
+mod ffi {
+    use super::{mlx_array, mlx_stream};
+
+    extern "C" {
+        pub fn mlxnk_quantized_matmul(
+            res: *mut mlx_array,
+            x: mlx_array,
+            w: mlx_array,
+            scales: mlx_array,
+            biases: mlx_array,
+            group_size: i32,
+            bits: i32,
+            isa: i32,
+            stream: mlx_stream,
+        ) -> i32;
+        #[allow(clippy::too_many_arguments)]
+        pub fn mlxnk_gather_qmm(
+            res: *mut mlx_array,
+            x: mlx_array,
+            w: mlx_array,
+            scales: mlx_array,
+            biases: mlx_array,
+            lhs_indices: mlx_array,
+            rhs_indices: mlx_array,
+            group_size: i32,
+            bits: i32,
+            isa: i32,
+            stream: mlx_stream,
+        ) -> i32;
+        pub fn mlxnk_last_error() -> *const std::ffi::c_char;
+        pub fn mlxnk_resolve_isa(isa: i32) -> i32;
+        pub fn mlxnk_threads() -> i32;
+    }
+}
+
+/// The instruction set a kernel runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(i32)]
+pub enum Isa {
+    /// `MLX_NODE_KERNELS_ISA` if set, else the best this CPU has.
+    Default = 0,
+    /// Plain C++ for the baseline target (the fallback everywhere).
+    Portable = 1,
+    /// AVX2 + FMA (x86_64 CPUs that have them, checked at run time).
+    Avx2 = 2,
+    /// NEON (aarch64).
+    Neon = 3,
+}
+
+impl Isa {
+    /// What a request runs as on this machine (an ISA it lacks becomes [`Isa::Portable`]).
+    pub fn resolved(self) -> Isa {
+        // SAFETY: a pure query.
+        match unsafe { ffi::mlxnk_resolve_isa(self as i32) } {
+            2 => Isa::Avx2,
+            3 => Isa::Neon,
+            _ => Isa::Portable,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Default => "default",
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Neon => "neon",
+        }
+    }
+}
+
+/// A failure inside the C++ side while building the graph node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelError(pub String);
+
+impl fmt::Display for KernelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "mlx-node kernels: {}", self.0)
+    }
+}
+
+impl std::error::Error for KernelError {}
+
+pub type Result<T> = std::result::Result<T, KernelError>;
+
+/// False when `MLX_NODE_KERNELS=0` (read once): callers then use MLX's own ops.
+pub fn enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("MLX_NODE_KERNELS").map_or(true, |v| v.trim() != "0"))
+}
+
+/// Threads the kernels split work over (the calling thread included).
+pub fn threads() -> usize {
+    // SAFETY: a pure query (starts the pool on first use).
+    unsafe { ffi::mlxnk_threads() }.max(1) as usize
+}
+
+/// Turns a C ABI status into the op's result, taking ownership of `res`.
+///
+/// # Safety
+/// `res` must be the array handle the C function was given.
+unsafe fn finish(status: i32, res: mlx_array) -> Result<Option<Array>> {
+    match status {
+        0 => Ok(Some(Array::from_ptr(res))),
+        other => {
+            if !res.ctx.is_null() {
+                mlx_sys::mlx_array_free(res);
+            }
+            if other == 2 {
+                Ok(None)
+            } else {
+                let message = CStr::from_ptr(ffi::mlxnk_last_error())
+                    .to_string_lossy()
+                    .into_owned();
+                Err(KernelError(message))
+            }
+        }
+    }
+}
+
+/// `x · dequantize(w, scales, biases)ᵀ` (MLX's affine `quantized_matmul` with `transpose`),
+/// on the thread's default stream; `Ok(None)` when not handled here (see the crate docs).
+pub fn quantized_matmul(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    group_size: i32,
+    bits: i32,
+) -> Result<Option<Array>> {
+    quantized_matmul_isa(x, w, scales, biases, group_size, bits, Isa::Default)
+}
+
+/// [`quantized_matmul`] with a chosen ISA (tests and benchmarks compare them).
+pub fn quantized_matmul_isa(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    group_size: i32,
+    bits: i32,
+    isa: Isa,
+) -> Result<Option<Array>> {
+    let stream = Stream::thread_local_or_default();
+    // SAFETY: every handle is a live array/stream; the function writes a new handle to res.
+    unsafe {
+        let mut res = mlx_sys::mlx_array_new();
+        let status = ffi::mlxnk_quantized_matmul(
+            &mut res,
+            x.as_ptr(),
+            w.as_ptr(),
+            scales.as_ptr(),
+            biases.as_ptr(),
+            group_size,
+            bits,
+            isa as i32,
+            stream.as_ptr(),
+        );
+        finish(status, res)
+    }
+}
+
+/// MLX's affine `gather_qmm(x, w, scales, biases, lhs_indices, rhs_indices, transpose = true)`:
+/// for each (broadcast) index pair, x's batch entry `lhs` times matrix `rhs` of the stack `w`
+/// `[.., N, K · bits / 32]`. Output `broadcast(lhs, rhs).shape + [M, N]`.
+#[allow(clippy::too_many_arguments)]
+pub fn gather_qmm(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    lhs_indices: Option<&Array>,
+    rhs_indices: Option<&Array>,
+    group_size: i32,
+    bits: i32,
+) -> Result<Option<Array>> {
+    gather_qmm_isa(
+        x,
+        w,
+        scales,
+        biases,
+        lhs_indices,
+        rhs_indices,
+        group_size,
+        bits,
+        Isa::Default,
+    )
+}
+
+/// [`gather_qmm`] with a chosen ISA.
+#[allow(clippy::too_many_arguments)]
+pub fn gather_qmm_isa(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    lhs_indices: Option<&Array>,
+    rhs_indices: Option<&Array>,
+    group_size: i32,
+    bits: i32,
+    isa: Isa,
+) -> Result<Option<Array>> {
+    let stream = Stream::thread_local_or_default();
+    // SAFETY: as in quantized_matmul_isa; an absent index is a handle with a null ctx, which
+    // the C side reads as "not given" and never frees.
+    unsafe {
+        let none = mlx_sys::mlx_array_new();
+        let mut res = mlx_sys::mlx_array_new();
+        let status = ffi::mlxnk_gather_qmm(
+            &mut res,
+            x.as_ptr(),
+            w.as_ptr(),
+            scales.as_ptr(),
+            biases.as_ptr(),
+            lhs_indices.map_or(none, Array::as_ptr),
+            rhs_indices.map_or(none, Array::as_ptr),
+            group_size,
+            bits,
+            isa as i32,
+            stream.as_ptr(),
+        );
+        finish(status, res)
+    }
+}

@@ -1,0 +1,55 @@
+// Internal interface of the CPU kernels: the per-ISA affine quantized matmul over a range of
+// output columns, and the thread pool that splits the columns. No MLX types here.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+
+namespace mlxnk {
+
+// Values shared with the C ABI (`isa` arguments) and the Rust crate's `Isa`.
+enum class Isa : int { Default = 0, Portable = 1, Avx2 = 2, Neon = 3 };
+
+// Storage type of scales and biases.
+enum class FType : int { F32 = 0, BF16 = 1, F16 = 2 };
+
+// An affine quantized matrix W [N, K]: row n holds K codes of `bits` bits packed LSB-first
+// into K * bits / 8 bytes, and K / group_size scales and biases; W[n, k] = s * q + b.
+struct QMatrix {
+  const uint8_t* codes;      // row 0 of this matrix
+  const uint8_t* codes_end;  // one past the last byte of the whole buffer (bounds for reads)
+  const void* scales;        // [N, K / group_size], row-major, of scale_type
+  const void* biases;        // [N, K / group_size], row-major, of bias_type
+  FType scale_type;
+  FType bias_type;
+  int64_t N;
+  int64_t K;
+  int bits;
+  int group_size;
+};
+
+// y[m * ldy + n] = sum_k x[m * ldx + k] * W[n, k] for 0 <= m < M and n0 <= n < n1.
+// `isa` must be a resolved one (see resolve_isa).
+void qmm_columns(Isa isa, const QMatrix& w, const float* x, int64_t ldx, int64_t M, float* y,
+                 int64_t ldy, int64_t n0, int64_t n1);
+
+// What a request runs as here: Default picks MLX_NODE_KERNELS_ISA (portable/avx2/neon/auto)
+// or the best this CPU has; an ISA this build or CPU lacks becomes Portable.
+Isa resolve_isa(Isa requested);
+bool isa_available(Isa isa);
+
+// The persistent pool: MLX_NODE_THREADS threads, else one per CPU this process may run on.
+// The calling thread is one of them.
+int pool_threads();
+// Runs fn(0) … fn(n - 1), spread over the pool; returns when all have finished. A call made
+// while the pool is busy with another caller's work runs on the calling thread alone.
+void parallel_for(int64_t n, const std::function<void(int64_t)>& fn);
+
+// Half-precision conversions (round to nearest even), used by the primitives too.
+float bf16_to_f32(uint16_t h);
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_bf16(float f);
+uint16_t f32_to_f16(float f);
+
+}  // namespace mlxnk

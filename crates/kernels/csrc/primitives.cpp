@@ -1,0 +1,571 @@
+// MLX primitives over our kernels, and the C ABI the Rust crate calls.
+//
+// Compiled against exactly the headers of the MLX we link (DEP_MLX_INCLUDE from mlx-sys), with
+// the same standard library and ABI as libmlx. The ops build lazy graph nodes: the output array
+// carries our primitive and its inputs, and MLX evaluates it on the CPU stream like its own
+// (eval / async_eval). Anything we do not handle returns "not handled" so that the caller uses
+// MLX's own op instead (GPU streams, other modes, shapes MLX would reject, …).
+
+#include <algorithm>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+#include "mlx/allocator.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/c/array.h"
+#include "mlx/c/private/array.h"
+#include "mlx/c/private/stream.h"
+#include "mlx/c/stream.h"
+#include "mlx/mlx.h"
+#include "mlx/primitives.h"
+
+namespace mx = mlx::core;
+
+namespace mlxnk {
+namespace {
+
+constexpr int kOk = 0;
+constexpr int kError = 1;
+constexpr int kNotHandled = 2;
+
+thread_local std::string last_error;
+
+bool float_type(mx::Dtype t) { return t == mx::float32 || t == mx::bfloat16 || t == mx::float16; }
+
+FType ftype(mx::Dtype t) {
+  if (t == mx::bfloat16) return FType::BF16;
+  if (t == mx::float16) return FType::F16;
+  return FType::F32;
+}
+
+bool supported_params(int group_size, int bits) {
+  const bool gs_ok = group_size == 32 || group_size == 64 || group_size == 128;
+  const bool bits_ok = bits == 2 || bits == 3 || bits == 4 || bits == 5 || bits == 6 || bits == 8;
+  return gs_ok && bits_ok;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Evaluation helpers (run inside MLX's CPU task; they must not throw).
+
+// Copies the elements of `a` to dst in row-major order (itemsize bytes each).
+void copy_row_major(const mx::array& a, uint8_t* dst) {
+  if (a.size() == 0) return;
+  const size_t es = a.itemsize();
+  const uint8_t* src = a.data<uint8_t>();
+  const int nd = static_cast<int>(a.ndim());
+  if (nd == 0) {
+    std::memcpy(dst, src, es);
+    return;
+  }
+  const auto& shape = a.shape();
+  const auto& strides = a.strides();
+  const int64_t inner = shape[nd - 1];
+  const int64_t inner_stride = strides[nd - 1];
+  const int64_t outer = static_cast<int64_t>(a.size()) / inner;
+  std::vector<int64_t> idx(static_cast<size_t>(nd), 0);
+  for (int64_t o = 0; o < outer; ++o) {
+    int64_t off = 0;
+    for (int d = 0; d < nd - 1; ++d) off += idx[d] * strides[d];
+    const uint8_t* p = src + off * static_cast<int64_t>(es);
+    if (inner_stride == 1) {
+      std::memcpy(dst, p, static_cast<size_t>(inner) * es);
+      dst += inner * es;
+    } else {
+      for (int64_t i = 0; i < inner; ++i, dst += es) {
+        std::memcpy(dst, p + i * inner_stride * static_cast<int64_t>(es), es);
+      }
+    }
+    for (int d = nd - 2; d >= 0; --d) {
+      if (++idx[d] < shape[d]) break;
+      idx[d] = 0;
+    }
+  }
+}
+
+// The bytes of `a` in row-major order: a pointer into `a` when it is row contiguous, else a
+// copy in buf.
+const uint8_t* row_major_bytes(const mx::array& a, std::vector<uint8_t>& buf) {
+  if (a.flags().row_contiguous) return a.data<uint8_t>();
+  buf.resize(a.nbytes());
+  copy_row_major(a, buf.data());
+  return buf.data();
+}
+
+// `x` as row-major float32: a pointer into x when it already is, else converted once into buf.
+const float* as_f32(const mx::array& x, std::vector<float>& buf) {
+  if (x.dtype() == mx::float32 && x.flags().row_contiguous) return x.data<float>();
+  std::vector<uint8_t> raw;
+  const uint8_t* p = row_major_bytes(x, raw);
+  const size_t n = x.size();
+  buf.resize(n);
+  if (x.dtype() == mx::float32) {
+    std::memcpy(buf.data(), p, n * 4);
+  } else {
+    const uint16_t* h = reinterpret_cast<const uint16_t*>(p);
+    if (x.dtype() == mx::bfloat16) {
+      for (size_t i = 0; i < n; ++i) buf[i] = bf16_to_f32(h[i]);
+    } else {
+      for (size_t i = 0; i < n; ++i) buf[i] = f16_to_f32(h[i]);
+    }
+  }
+  return buf.data();
+}
+
+// Writes n float results to out's buffer in out's dtype.
+void store_output(mx::array& out, const float* y, size_t n) {
+  if (out.dtype() == mx::float32) {
+    float* o = out.data<float>();
+    if (o != y) std::memcpy(o, y, n * 4);
+    return;
+  }
+  uint16_t* o = out.data<uint16_t>();
+  if (out.dtype() == mx::bfloat16) {
+    for (size_t i = 0; i < n; ++i) o[i] = f32_to_bf16(y[i]);
+  } else {
+    for (size_t i = 0; i < n; ++i) o[i] = f32_to_f16(y[i]);
+  }
+}
+
+// The quantized matrix (or stack of them) given by codes/scales/biases, row-major.
+struct Weights {
+  std::vector<uint8_t> wbuf, sbuf, bbuf;
+  QMatrix q{};
+  int64_t codes_per_matrix = 0;   // bytes
+  int64_t groups_per_matrix = 0;  // scale/bias elements
+  size_t scale_size = 4, bias_size = 4;
+
+  Weights(const mx::array& w, const mx::array& s, const mx::array& b, int gs, int bits) {
+    const uint8_t* codes = row_major_bytes(w, wbuf);
+    q.codes = codes;
+    q.codes_end = codes + w.nbytes();
+    q.scales = row_major_bytes(s, sbuf);
+    q.biases = row_major_bytes(b, bbuf);
+    q.scale_type = ftype(s.dtype());
+    q.bias_type = ftype(b.dtype());
+    q.N = w.shape(-2);
+    q.K = static_cast<int64_t>(w.shape(-1)) * 32 / bits;
+    q.bits = bits;
+    q.group_size = gs;
+    codes_per_matrix = q.N * q.K * bits / 8;
+    groups_per_matrix = q.N * (q.K / gs);
+    scale_size = s.itemsize();
+    bias_size = b.itemsize();
+  }
+
+  QMatrix matrix(int64_t e) const {
+    QMatrix m = q;
+    m.codes = q.codes + e * codes_per_matrix;
+    m.scales = static_cast<const uint8_t*>(q.scales) + e * groups_per_matrix * scale_size;
+    m.biases = static_cast<const uint8_t*>(q.biases) + e * groups_per_matrix * bias_size;
+    return m;
+  }
+};
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// How many column chunks to split N output columns of a product with K inputs and M rows
+// into: a few per thread (the machine is shared, so chunks are handed out dynamically), never
+// more than there are columns, and one when the product is too small to be worth waking the
+// pool for.
+int64_t column_chunks(int64_t N, int64_t K, int64_t M) {
+  const int64_t threads = pool_threads();
+  if (threads <= 1 || N * K * M < (int64_t{1} << 16)) return 1;
+  return std::max<int64_t>(1, std::min(ceil_div(N, 8), threads * 4));
+}
+
+struct Piece {
+  QMatrix q;
+  const float* x;
+  int64_t M;
+  float* y;
+  int64_t n0, n1;
+};
+
+// Appends the column chunks of one product y[M, N] = x[M, K] · Wᵀ (leading dimensions K and N).
+void add_pieces(std::vector<Piece>& pieces, const QMatrix& q, const float* x, int64_t M,
+                float* y, int64_t chunks) {
+  const int64_t N = q.N;
+  chunks = std::max<int64_t>(1, std::min(chunks, N));
+  int64_t per = ceil_div(N, chunks);
+  if (chunks > 1) per = std::min(N, ceil_div(per, 8) * 8);
+  for (int64_t n0 = 0; n0 < N; n0 += per) {
+    pieces.push_back(Piece{q, x, M, y, n0, std::min(N, n0 + per)});
+  }
+}
+
+void run_pieces(Isa isa, const std::vector<Piece>& pieces) {
+  const std::function<void(int64_t)> fn = [&](int64_t i) {
+    const Piece& p = pieces[static_cast<size_t>(i)];
+    qmm_columns(isa, p.q, p.x, p.q.K, p.M, p.y, p.q.N, p.n0, p.n1);
+  };
+  parallel_for(static_cast<int64_t>(pieces.size()), fn);
+}
+
+void eval_qmm(mx::array& out, const mx::array& x, const mx::array& w, const mx::array& s,
+              const mx::array& b, int gs, int bits, Isa isa) {
+  const int64_t K = x.shape(-1);
+  const int64_t N = w.shape(-2);
+  const int64_t M = K == 0 ? 0 : static_cast<int64_t>(x.size()) / K;
+  if (M == 0 || N == 0) return;
+  std::vector<float> xbuf;
+  const float* xf = as_f32(x, xbuf);
+  Weights weights(w, s, b, gs, bits);
+  std::vector<float> ybuf;
+  float* y = out.data<float>();
+  if (out.dtype() != mx::float32) {
+    ybuf.resize(static_cast<size_t>(M * N));
+    y = ybuf.data();
+  }
+  std::vector<Piece> pieces;
+  add_pieces(pieces, weights.q, xf, M, y, column_chunks(N, K, M));
+  run_pieces(isa, pieces);
+  store_output(out, y, static_cast<size_t>(M * N));
+}
+
+void eval_gather(mx::array& out, const mx::array& x, const mx::array& w, const mx::array& s,
+                 const mx::array& b, const mx::array& lhs, const mx::array& rhs, int gs,
+                 int bits, Isa isa) {
+  const int64_t K = x.shape(-1);
+  const int64_t M = x.shape(-2);
+  const int64_t N = w.shape(-2);
+  const int64_t P = static_cast<int64_t>(lhs.size());
+  if (P == 0 || M == 0 || N == 0) return;
+  const int64_t Bx = K * M == 0 ? 0 : static_cast<int64_t>(x.size()) / (K * M);
+  const int64_t E = static_cast<int64_t>(w.size()) / (N * w.shape(-1));
+
+  std::vector<uint32_t> li(static_cast<size_t>(P)), ri(static_cast<size_t>(P));
+  copy_row_major(lhs, reinterpret_cast<uint8_t*>(li.data()));
+  copy_row_major(rhs, reinterpret_cast<uint8_t*>(ri.data()));
+
+  std::vector<float> xbuf;
+  const float* xf = K == 0 ? nullptr : as_f32(x, xbuf);
+  Weights weights(w, s, b, gs, bits);
+  std::vector<float> ybuf;
+  float* y = out.data<float>();
+  if (out.dtype() != mx::float32) {
+    ybuf.resize(static_cast<size_t>(P * M * N));
+    y = ybuf.data();
+  }
+
+  // Entries routed to the same matrix are multiplied together, so that each weight tile is
+  // decoded once for all of their rows.
+  std::vector<std::vector<int64_t>> by_matrix(static_cast<size_t>(E));
+  for (int64_t p = 0; p < P; ++p) {
+    if (li[p] < Bx && ri[p] < E) {
+      by_matrix[ri[p]].push_back(p);
+    } else {
+      std::fill(y + p * M * N, y + (p + 1) * M * N, 0.0f);  // out of range: zeros
+    }
+  }
+  struct Gathered {
+    std::vector<int64_t> entries;
+    std::vector<float> x, y;
+  };
+  std::vector<Gathered> gathered;
+  struct Product {
+    int64_t e;
+    const float* x;
+    int64_t rows;
+    float* y;
+  };
+  std::vector<Product> products;
+  gathered.reserve(static_cast<size_t>(E));
+  for (int64_t e = 0; e < E; ++e) {
+    auto& entries = by_matrix[e];
+    if (entries.empty()) continue;
+    if (entries.size() == 1) {
+      const int64_t p = entries[0];
+      products.push_back(Product{e, xf + li[p] * M * K, M, y + p * M * N});
+      continue;
+    }
+    Gathered g;
+    g.entries = std::move(entries);
+    const int64_t rows = static_cast<int64_t>(g.entries.size()) * M;
+    g.x.resize(static_cast<size_t>(rows * K));
+    g.y.resize(static_cast<size_t>(rows * N));
+    for (size_t i = 0; i < g.entries.size(); ++i) {
+      std::memcpy(g.x.data() + i * M * K, xf + li[g.entries[i]] * M * K,
+                  static_cast<size_t>(M * K) * 4);
+    }
+    gathered.push_back(std::move(g));
+    auto& back = gathered.back();
+    products.push_back(Product{e, back.x.data(), rows, back.y.data()});
+  }
+
+  std::vector<Piece> pieces;
+  const int64_t threads = pool_threads();
+  for (const auto& pr : products) {
+    int64_t chunks = 1;
+    if (threads > 1 && N * K * pr.rows >= (int64_t{1} << 14)) {
+      chunks = std::min(ceil_div(N, 8), ceil_div(threads * 2, static_cast<int64_t>(products.size())));
+    }
+    add_pieces(pieces, weights.matrix(pr.e), pr.x, pr.rows, pr.y, chunks);
+  }
+  run_pieces(isa, pieces);
+
+  for (const auto& g : gathered) {
+    for (size_t i = 0; i < g.entries.size(); ++i) {
+      std::memcpy(y + g.entries[i] * M * N, g.y.data() + i * M * N,
+                  static_cast<size_t>(M * N) * 4);
+    }
+  }
+  store_output(out, y, static_cast<size_t>(P * M * N));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The primitives.
+
+class QuantizedMatmulCpu : public mx::UnaryPrimitive {
+ public:
+  QuantizedMatmulCpu(mx::Stream stream, int group_size, int bits, Isa isa)
+      : mx::UnaryPrimitive(stream), group_size_(group_size), bits_(bits), isa_(isa) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (const auto& in : inputs) encoder.set_input_array(in);
+    encoder.set_output_array(out);
+    encoder.dispatch([out = mx::array::unsafe_weak_copy(out),
+                      x = mx::array::unsafe_weak_copy(inputs[0]),
+                      w = mx::array::unsafe_weak_copy(inputs[1]),
+                      s = mx::array::unsafe_weak_copy(inputs[2]),
+                      b = mx::array::unsafe_weak_copy(inputs[3]), gs = group_size_, bits = bits_,
+                      isa = isa_]() mutable { eval_qmm(out, x, w, s, b, gs, bits, isa); });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error(
+        "[mlx-node kernels] QuantizedMatmul runs on CPU streams only; use MLX's "
+        "quantized_matmul on other devices");
+  }
+
+  const char* name() const override { return "MlxNodeQuantizedMatmul"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto* o = dynamic_cast<const QuantizedMatmulCpu*>(&other);
+    return o != nullptr && o->group_size_ == group_size_ && o->bits_ == bits_ && o->isa_ == isa_;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    auto shape = inputs[0].shape();
+    shape.back() = inputs[1].shape(-2);
+    return {shape};
+  }
+
+ private:
+  int group_size_;
+  int bits_;
+  Isa isa_;
+};
+
+class GatherQmmCpu : public mx::UnaryPrimitive {
+ public:
+  GatherQmmCpu(mx::Stream stream, int group_size, int bits, Isa isa)
+      : mx::UnaryPrimitive(stream), group_size_(group_size), bits_(bits), isa_(isa) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (const auto& in : inputs) encoder.set_input_array(in);
+    encoder.set_output_array(out);
+    encoder.dispatch([out = mx::array::unsafe_weak_copy(out),
+                      x = mx::array::unsafe_weak_copy(inputs[0]),
+                      w = mx::array::unsafe_weak_copy(inputs[1]),
+                      s = mx::array::unsafe_weak_copy(inputs[2]),
+                      b = mx::array::unsafe_weak_copy(inputs[3]),
+                      lhs = mx::array::unsafe_weak_copy(inputs[4]),
+                      rhs = mx::array::unsafe_weak_copy(inputs[5]), gs = group_size_,
+                      bits = bits_, isa = isa_]() mutable {
+      eval_gather(out, x, w, s, b, lhs, rhs, gs, bits, isa);
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error(
+        "[mlx-node kernels] GatherQmm runs on CPU streams only; use MLX's gather_qmm on "
+        "other devices");
+  }
+
+  const char* name() const override { return "MlxNodeGatherQmm"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto* o = dynamic_cast<const GatherQmmCpu*>(&other);
+    return o != nullptr && o->group_size_ == group_size_ && o->bits_ == bits_ && o->isa_ == isa_;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    auto shape = inputs[4].shape();
+    shape.push_back(inputs[0].shape(-2));
+    shape.push_back(inputs[1].shape(-2));
+    return {shape};
+  }
+
+ private:
+  int group_size_;
+  int bits_;
+  Isa isa_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Graph construction.
+
+Isa isa_arg(int isa) {
+  if (isa < 0 || isa > 3) return resolve_isa(Isa::Default);
+  return resolve_isa(static_cast<Isa>(isa));
+}
+
+// Whether codes/scales/biases form the affine quantized matrices we handle (K > 0 inputs),
+// with `batch_dims` leading dimensions (0 for one matrix).
+bool weights_ok(const mx::array& w, const mx::array& s, const mx::array& b, int gs, int bits,
+                size_t batch_dims) {
+  if (w.dtype() != mx::uint32 || w.ndim() != batch_dims + 2) return false;
+  if (!float_type(s.dtype()) || s.dtype() != b.dtype()) return false;
+  if (s.ndim() != w.ndim() || b.shape() != s.shape()) return false;
+  const int64_t K = static_cast<int64_t>(w.shape(-1)) * 32 / bits;
+  if (K == 0 || K * bits != static_cast<int64_t>(w.shape(-1)) * 32 || K % gs != 0) return false;
+  for (size_t d = 0; d + 1 < w.ndim(); ++d) {
+    if (s.shape(static_cast<int>(d)) != w.shape(static_cast<int>(d))) return false;
+  }
+  return s.shape(-1) == K / gs;
+}
+
+int quantized_matmul(mlx_array* res, mlx_array x_in, mlx_array w_in, mlx_array s_in,
+                     mlx_array b_in, int gs, int bits, int isa, mlx_stream stream_in) {
+  const mx::Stream stream = mlx_stream_get_(stream_in);
+  if (stream.device.type != mx::Device::DeviceType::cpu || !supported_params(gs, bits)) {
+    return kNotHandled;
+  }
+  if (x_in.ctx == nullptr || b_in.ctx == nullptr) return kNotHandled;
+  const mx::array& x = mlx_array_get_(x_in);
+  const mx::array& w = mlx_array_get_(w_in);
+  const mx::array& s = mlx_array_get_(s_in);
+  const mx::array& b = mlx_array_get_(b_in);
+  if (x.ndim() < 1 || !float_type(x.dtype()) || !weights_ok(w, s, b, gs, bits, 0)) {
+    return kNotHandled;
+  }
+  if (static_cast<int64_t>(x.shape(-1)) * bits != static_cast<int64_t>(w.shape(-1)) * 32) {
+    return kNotHandled;
+  }
+  auto shape = x.shape();
+  shape.back() = w.shape(-2);
+  const mx::Dtype dtype = mx::promote_types(x.dtype(), s.dtype());
+  mlx_array_set_(*res, mx::array(std::move(shape), dtype,
+                                 std::make_shared<QuantizedMatmulCpu>(stream, gs, bits, isa_arg(isa)),
+                                 {x, w, s, b}));
+  return kOk;
+}
+
+// Default gather indices: every batch entry of `a` in order, shaped like a's batch dimensions.
+mx::array default_indices(const mx::array& a, const mx::Stream& stream) {
+  mx::Shape batch(a.shape().begin(), a.shape().end() - 2);
+  int64_t count = 1;
+  for (auto d : batch) count *= d;
+  return mx::reshape(mx::arange(0.0, static_cast<double>(count), 1.0, mx::uint32, stream), batch,
+                     stream);
+}
+
+int gather_qmm(mlx_array* res, mlx_array x_in, mlx_array w_in, mlx_array s_in, mlx_array b_in,
+               mlx_array lhs_in, mlx_array rhs_in, int gs, int bits, int isa,
+               mlx_stream stream_in) {
+  const mx::Stream stream = mlx_stream_get_(stream_in);
+  if (stream.device.type != mx::Device::DeviceType::cpu || !supported_params(gs, bits)) {
+    return kNotHandled;
+  }
+  if (x_in.ctx == nullptr || b_in.ctx == nullptr) return kNotHandled;
+  if (lhs_in.ctx == nullptr && rhs_in.ctx == nullptr) {
+    return quantized_matmul(res, x_in, w_in, s_in, b_in, gs, bits, isa, stream_in);
+  }
+  const mx::array& x = mlx_array_get_(x_in);
+  const mx::array& w = mlx_array_get_(w_in);
+  const mx::array& s = mlx_array_get_(s_in);
+  const mx::array& b = mlx_array_get_(b_in);
+  if (x.ndim() < 2 || w.ndim() < 3 || !float_type(x.dtype()) ||
+      !weights_ok(w, s, b, gs, bits, w.ndim() - 2)) {
+    return kNotHandled;
+  }
+  if (static_cast<int64_t>(x.shape(-1)) * bits != static_cast<int64_t>(w.shape(-1)) * 32) {
+    return kNotHandled;
+  }
+  auto index = [&](mlx_array given, const mx::array& of) -> std::optional<mx::array> {
+    if (given.ctx == nullptr) return default_indices(of, stream);
+    const mx::array& i = mlx_array_get_(given);
+    if (!mx::issubdtype(i.dtype(), mx::integer)) return std::nullopt;
+    return mx::astype(i, mx::uint32, stream);
+  };
+  auto lhs = index(lhs_in, x);
+  auto rhs = index(rhs_in, w);
+  if (!lhs || !rhs) return kNotHandled;
+  std::vector<mx::array> both;
+  try {
+    both = mx::broadcast_arrays({*lhs, *rhs}, stream);
+  } catch (const std::exception&) {
+    return kNotHandled;  // MLX's op reports the shapes
+  }
+  auto shape = both[0].shape();
+  shape.push_back(x.shape(-2));
+  shape.push_back(w.shape(-2));
+  const mx::Dtype dtype = mx::promote_types(x.dtype(), s.dtype());
+  mlx_array_set_(*res, mx::array(std::move(shape), dtype,
+                                 std::make_shared<GatherQmmCpu>(stream, gs, bits, isa_arg(isa)),
+                                 {x, w, s, b, both[0], both[1]}));
+  return kOk;
+}
+
+template <class F>
+int guarded(F&& f) {
+  try {
+    return f();
+  } catch (const std::exception& e) {
+    last_error = e.what();
+    return kError;
+  } catch (...) {
+    last_error = "unknown C++ exception";
+    return kError;
+  }
+}
+
+}  // namespace
+}  // namespace mlxnk
+
+extern "C" {
+
+// Status of every op: 0 = *res holds the output, 1 = error (mlxnk_last_error says what),
+// 2 = not handled here (other device, mode or shapes): the caller uses MLX's own op.
+
+// quantized_matmul(x, w, scales, biases, transpose = true, group_size, bits), affine mode.
+int mlxnk_quantized_matmul(mlx_array* res, mlx_array x, mlx_array w, mlx_array scales,
+                           mlx_array biases, int group_size, int bits, int isa,
+                           mlx_stream stream) {
+  return mlxnk::guarded([&] {
+    return mlxnk::quantized_matmul(res, x, w, scales, biases, group_size, bits, isa, stream);
+  });
+}
+
+// gather_qmm(x, w, scales, biases, lhs_indices, rhs_indices, transpose = true, …); an index
+// array with a null ctx means "not given".
+int mlxnk_gather_qmm(mlx_array* res, mlx_array x, mlx_array w, mlx_array scales,
+                     mlx_array biases, mlx_array lhs_indices, mlx_array rhs_indices,
+                     int group_size, int bits, int isa, mlx_stream stream) {
+  return mlxnk::guarded([&] {
+    return mlxnk::gather_qmm(res, x, w, scales, biases, lhs_indices, rhs_indices, group_size,
+                             bits, isa, stream);
+  });
+}
+
+// The message of this thread's last error (valid until its next call).
+const char* mlxnk_last_error(void) { return mlxnk::last_error.c_str(); }
+
+// The ISA a request (0 default, 1 portable, 2 avx2, 3 neon) runs as on this machine.
+int mlxnk_resolve_isa(int isa) { return static_cast<int>(mlxnk::isa_arg(isa)); }
+
+// The number of threads the kernels use (the calling thread included).
+int mlxnk_threads(void) { return mlxnk::pool_threads(); }
+
+}  // extern "C"

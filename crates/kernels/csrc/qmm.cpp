@@ -1,0 +1,713 @@
+// Affine quantized matmul kernels: y = x · Wᵀ with W in MLX's packed affine format.
+//
+// Layout (MLX): row n of W holds K codes, code k in bits [k·b, (k+1)·b) of the row's
+// little-endian bit stream, so every 8 consecutive codes fill exactly b bytes; a group of
+// `group_size` codes shares one scale s and one bias b, W[n, k] = s · q + b.
+//
+// Two shapes of work:
+// * few activation rows (M ≤ 6, decode): the codes of a few weight rows at a time are decoded
+//   in registers and multiplied into up to 4 activation rows, s · Σ q·x + b · Σ x per group;
+// * many rows (prefill): a tile of 16 weight rows × a K chunk is dequantized once into a small
+//   k-major buffer, then a 6 × 16 register-blocked microkernel serves all M rows from it.
+// Per ISA: AVX2+FMA (x86_64, chosen at run time), NEON (aarch64), and a portable path.
+
+#include "kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define MLXNK_X86 1
+#include <immintrin.h>
+#endif
+#if defined(__aarch64__)
+#define MLXNK_NEON 1
+#include <arm_neon.h>
+#endif
+
+namespace mlxnk {
+
+// ---------------------------------------------------------------------------------------------
+// Half-precision conversions.
+
+float bf16_to_f32(uint16_t h) {
+  uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+float f16_to_f32(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu;
+  const uint32_t man = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0) {
+    // Zero or subnormal: man · 2^-24, exact in float.
+    float f = static_cast<float>(man) * 5.9604644775390625e-8f;
+    std::memcpy(&bits, &f, 4);
+    bits |= sign;
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (man << 13);
+  } else {
+    bits = sign | ((exp + 112u) << 23) | (man << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+uint16_t f32_to_bf16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  if ((x & 0x7fffffffu) > 0x7f800000u) {
+    return static_cast<uint16_t>((x >> 16) | 0x40u);  // quiet NaN
+  }
+  x += 0x7fffu + ((x >> 16) & 1u);
+  return static_cast<uint16_t>(x >> 16);
+}
+
+uint16_t f32_to_f16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
+  uint32_t ax = x & 0x7fffffffu;
+  if (ax >= 0x7f800000u) {
+    return sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0u);
+  }
+  if (ax >= 0x477ff000u) {  // rounds to 65536 or more
+    return sign | 0x7c00u;
+  }
+  if (ax < 0x38800000u) {  // below 2^-14: a subnormal half (or zero)
+    float a;
+    std::memcpy(&a, &ax, 4);
+    return sign | static_cast<uint16_t>(std::nearbyint(a * 16777216.0f));
+  }
+  ax += 0xfffu + ((ax >> 13) & 1u);
+  ax -= 112u << 23;
+  return sign | static_cast<uint16_t>(ax >> 13);
+}
+
+namespace {
+
+// Rows [row0, row0 + nrows) of a [*, G] scale/bias table as float32: a pointer into the table
+// itself when it is float32, else converted into `scratch` (nrows · G floats).
+const float* rows_f32(const void* base, FType t, int64_t row0, int64_t nrows, int64_t G,
+                      float* scratch) {
+  const int64_t first = row0 * G;
+  const int64_t count = nrows * G;
+  switch (t) {
+    case FType::F32:
+      return static_cast<const float*>(base) + first;
+    case FType::BF16: {
+      const uint16_t* p = static_cast<const uint16_t*>(base) + first;
+      for (int64_t i = 0; i < count; ++i) scratch[i] = bf16_to_f32(p[i]);
+      return scratch;
+    }
+    case FType::F16: {
+      const uint16_t* p = static_cast<const uint16_t*>(base) + first;
+      for (int64_t i = 0; i < count; ++i) scratch[i] = f16_to_f32(p[i]);
+      return scratch;
+    }
+  }
+  return scratch;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Portable path: plain C++ (what the compiler makes of it for the baseline target).
+
+template <int BITS>
+void dequant_portable(const uint8_t* p, const float* s, const float* b, int64_t ngroups, int gs,
+                      float* out) {
+  constexpr uint64_t mask = (1u << BITS) - 1u;
+  const int blocks = gs / 8;
+  for (int64_t g = 0; g < ngroups; ++g) {
+    const float sv = s[g];
+    const float bv = b[g];
+    for (int j = 0; j < blocks; ++j) {
+      uint64_t u = 0;
+      for (int i = 0; i < BITS; ++i) u |= static_cast<uint64_t>(p[i]) << (8 * i);
+      for (int c = 0; c < 8; ++c) {
+        out[c] = sv * static_cast<float>((u >> (c * BITS)) & mask) + bv;
+      }
+      p += BITS;
+      out += 8;
+    }
+  }
+}
+
+float dot_portable(const float* a, const float* b, int64_t n) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t i = 0; i < n; i += 8) {
+    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+template <int BITS>
+void columns_portable(const QMatrix& w, const float* x, int64_t ldx, int64_t M, float* y,
+                      int64_t ldy, int64_t n0, int64_t n1) {
+  const int64_t K = w.K;
+  const int64_t G = K / w.group_size;
+  const int64_t row_bytes = K * BITS / 8;
+  std::vector<float> row(static_cast<size_t>(K));
+  std::vector<float> sbuf(static_cast<size_t>(G)), bbuf(static_cast<size_t>(G));
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* s = rows_f32(w.scales, w.scale_type, n, 1, G, sbuf.data());
+    const float* b = rows_f32(w.biases, w.bias_type, n, 1, G, bbuf.data());
+    dequant_portable<BITS>(w.codes + n * row_bytes, s, b, G, w.group_size, row.data());
+    for (int64_t m = 0; m < M; ++m) y[m * ldy + n] = dot_portable(x + m * ldx, row.data(), K);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX2 + FMA path (x86_64). Everything here carries the target attribute and is only called
+// after the CPU was checked; no lambdas (they would not inherit the attribute).
+
+#if defined(MLXNK_X86)
+#define MLXNK_AVX2 __attribute__((target("avx2,fma")))
+
+// Weight rows per tile and K chunk of the many-row path. KC is a multiple of every group size.
+constexpr int64_t kTileRows = 16;
+constexpr int64_t kChunk = 256;
+
+// Activation rows up to which the register (matvec) path is used: it decodes the codes once
+// per 4 rows, the tile path dequantizes (and transposes) them once for all rows.
+constexpr int64_t kMatvecRows = 6;
+
+// For 3/5/6-bit codes: per output lane i (code i of the 8-code block), which bytes of the
+// block hold it (vpshufb control, two bytes per lane suffice) and by how much to shift.
+template <int BITS>
+struct Unpack {
+  alignas(32) int8_t shuffle[32];
+  alignas(32) int32_t shift[8];
+  constexpr Unpack() : shuffle(), shift() {
+    for (int i = 0; i < 8; ++i) {
+      const int bit = i * BITS;
+      const int byte0 = bit / 8;
+      const int at = (i / 4) * 16 + (i % 4) * 4;  // lane i's bytes in its 128-bit half
+      shuffle[at] = static_cast<int8_t>(byte0);
+      shuffle[at + 1] = static_cast<int8_t>(byte0 + 1 < 8 ? byte0 + 1 : -128);
+      shuffle[at + 2] = -128;
+      shuffle[at + 3] = -128;
+      shift[i] = bit % 8;
+    }
+  }
+};
+template <int BITS>
+inline constexpr Unpack<BITS> kUnpack{};
+
+// Whether reading 8 bytes at the last block of rows ending at `rows_end` may pass `end`
+// (only the straddling widths read more than their b bytes per block).
+template <int BITS>
+inline bool needs_exact_reads(const uint8_t* rows_end, const uint8_t* end) {
+  if constexpr (BITS == 3 || BITS == 5 || BITS == 6) {
+    return rows_end + (8 - BITS) > end;
+  } else {
+    return false;
+  }
+}
+
+// The 8 codes of the block at p as floats.
+template <int BITS, bool EXACT>
+MLXNK_AVX2 inline __m256 decode8_avx2(const uint8_t* p) {
+  constexpr int mask = (1 << BITS) - 1;
+  if constexpr (BITS == 8) {
+    const __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+  } else if constexpr (BITS == 4) {
+    uint32_t u;
+    std::memcpy(&u, p, 4);
+    const __m256i v = _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(u)),
+                                        _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
+    return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(mask)));
+  } else if constexpr (BITS == 2) {
+    uint16_t u;
+    std::memcpy(&u, p, 2);
+    const __m256i v = _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(u)),
+                                        _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14));
+    return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(mask)));
+  } else {
+    uint64_t u = 0;
+    if constexpr (EXACT) {
+      std::memcpy(&u, p, BITS);
+    } else {
+      std::memcpy(&u, p, 8);
+    }
+    __m256i v = _mm256_set1_epi64x(static_cast<long long>(u));
+    v = _mm256_shuffle_epi8(
+        v, _mm256_load_si256(reinterpret_cast<const __m256i*>(kUnpack<BITS>.shuffle)));
+    v = _mm256_srlv_epi32(
+        v, _mm256_load_si256(reinterpret_cast<const __m256i*>(kUnpack<BITS>.shift)));
+    return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(mask)));
+  }
+}
+
+MLXNK_AVX2 inline float hsum_avx2(__m256 v) {
+  __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  __m128 sh = _mm_movehdup_ps(lo);
+  __m128 s = _mm_add_ps(lo, sh);
+  sh = _mm_movehl_ps(sh, s);
+  s = _mm_add_ss(s, sh);
+  return _mm_cvtss_f32(s);
+}
+
+// Matvec block: NR consecutive weight rows (codes at c, row stride rb; scales/biases rows of
+// G floats) against MR activation rows x (stride ldx) with their group sums xsum (stride G);
+// y[m * ldy + r]. Per group, s · Σ q·x + b · Σ x: the codes are decoded once for all MR rows
+// and the affine map is applied once per group.
+template <int BITS, int MR, int NR, bool EXACT>
+MLXNK_AVX2 void matvec_avx2(const uint8_t* c, int64_t rb, const float* s, const float* b,
+                            int64_t G, int gs, const float* x, int64_t ldx, const float* xsum,
+                            float* y, int64_t ldy) {
+  __m256 tot[MR][NR];
+  float bias[MR][NR];
+  const uint8_t* wp[NR];
+#pragma GCC unroll 4
+  for (int r = 0; r < NR; ++r) wp[r] = c + r * rb;
+#pragma GCC unroll 4
+  for (int m = 0; m < MR; ++m) {
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; ++r) {
+      tot[m][r] = _mm256_setzero_ps();
+      bias[m][r] = 0.0f;
+    }
+  }
+  const int blocks = gs / 8;
+  const float* xp = x;
+  for (int64_t g = 0; g < G; ++g) {
+    __m256 acc[MR][NR];
+    {
+      __m256 xv[MR];
+#pragma GCC unroll 4
+      for (int m = 0; m < MR; ++m) xv[m] = _mm256_loadu_ps(xp + m * ldx);
+#pragma GCC unroll 4
+      for (int r = 0; r < NR; ++r) {
+        const __m256 q = decode8_avx2<BITS, EXACT>(wp[r]);
+        wp[r] += BITS;
+#pragma GCC unroll 4
+        for (int m = 0; m < MR; ++m) acc[m][r] = _mm256_mul_ps(q, xv[m]);
+      }
+      xp += 8;
+    }
+    for (int j = 1; j < blocks; ++j, xp += 8) {
+      __m256 xv[MR];
+#pragma GCC unroll 4
+      for (int m = 0; m < MR; ++m) xv[m] = _mm256_loadu_ps(xp + m * ldx);
+#pragma GCC unroll 4
+      for (int r = 0; r < NR; ++r) {
+        const __m256 q = decode8_avx2<BITS, EXACT>(wp[r]);
+        wp[r] += BITS;
+#pragma GCC unroll 4
+        for (int m = 0; m < MR; ++m) acc[m][r] = _mm256_fmadd_ps(q, xv[m], acc[m][r]);
+      }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; ++r) {
+      const __m256 sv = _mm256_set1_ps(s[r * G + g]);
+      const float bv = b[r * G + g];
+#pragma GCC unroll 4
+      for (int m = 0; m < MR; ++m) {
+        tot[m][r] = _mm256_fmadd_ps(acc[m][r], sv, tot[m][r]);
+        bias[m][r] += bv * xsum[m * G + g];
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int m = 0; m < MR; ++m) {
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; ++r) y[m * ldy + r] = hsum_avx2(tot[m][r]) + bias[m][r];
+  }
+}
+
+// In-register transpose of 8 rows of 8 floats.
+MLXNK_AVX2 inline void transpose8_avx2(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]);
+  const __m256 t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]);
+  const __m256 t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]);
+  const __m256 t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]);
+  const __m256 t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+// Dequantizes kc columns (from a group boundary) of nt ≤ 16 weight rows (codes at c, row
+// stride rb; scales/biases at the chunk's first group, row stride G) into tile[k][r], k-major
+// with 16 floats per k; rows nt..15 are zeros.
+template <int BITS, bool EXACT>
+MLXNK_AVX2 void dequant_tile_avx2(const uint8_t* c, int64_t rb, const float* s, const float* b,
+                                  int64_t G, int64_t nt, int64_t kc, int gs, float* tile) {
+  for (int64_t r0 = 0; r0 < kTileRows; r0 += 8) {
+    for (int64_t j = 0; j < kc; j += 8) {
+      const int64_t g = j / gs;
+      __m256 v[8];
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) {
+        const int64_t r = r0 + i;
+        if (r < nt) {
+          v[i] = _mm256_fmadd_ps(decode8_avx2<BITS, EXACT>(c + r * rb + j * BITS / 8),
+                                 _mm256_set1_ps(s[r * G + g]), _mm256_set1_ps(b[r * G + g]));
+        } else {
+          v[i] = _mm256_setzero_ps();
+        }
+      }
+      transpose8_avx2(v);
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) _mm256_storeu_ps(tile + (j + i) * kTileRows + r0, v[i]);
+    }
+  }
+}
+
+// y[m * ldy + r] (+)= Σ_k x[m * ldx + k] · tile[k][r] for MR rows and the tile's nt ≤ 16
+// columns: x values broadcast against 16 weight rows at a time, no horizontal sums.
+template <int MR>
+MLXNK_AVX2 void micro_avx2(const float* x, int64_t ldx, const float* tile, int64_t kc, float* y,
+                           int64_t ldy, int64_t nt, bool first) {
+  __m256 acc[MR][2];
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m) {
+    acc[m][0] = _mm256_setzero_ps();
+    acc[m][1] = _mm256_setzero_ps();
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m256 t0 = _mm256_loadu_ps(tile + k * kTileRows);
+    const __m256 t1 = _mm256_loadu_ps(tile + k * kTileRows + 8);
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      const __m256 xv = _mm256_broadcast_ss(x + m * ldx + k);
+      acc[m][0] = _mm256_fmadd_ps(xv, t0, acc[m][0]);
+      acc[m][1] = _mm256_fmadd_ps(xv, t1, acc[m][1]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m) {
+    float* ym = y + m * ldy;
+    if (nt == kTileRows) {
+      if (first) {
+        _mm256_storeu_ps(ym, acc[m][0]);
+        _mm256_storeu_ps(ym + 8, acc[m][1]);
+      } else {
+        _mm256_storeu_ps(ym, _mm256_add_ps(_mm256_loadu_ps(ym), acc[m][0]));
+        _mm256_storeu_ps(ym + 8, _mm256_add_ps(_mm256_loadu_ps(ym + 8), acc[m][1]));
+      }
+    } else {
+      alignas(32) float part[kTileRows];
+      _mm256_store_ps(part, acc[m][0]);
+      _mm256_store_ps(part + 8, acc[m][1]);
+      for (int64_t r = 0; r < nt; ++r) ym[r] = first ? part[r] : ym[r] + part[r];
+    }
+  }
+}
+
+constexpr int kMicroRows = 6;
+using MicroFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t,
+                         bool);
+// [mr - 1]
+const MicroFn kMicroAvx2[kMicroRows] = {micro_avx2<1>, micro_avx2<2>, micro_avx2<3>,
+                                        micro_avx2<4>, micro_avx2<5>, micro_avx2<6>};
+
+// Columns [n0, n1) for MR activation rows: weight rows in blocks of NR (4, 2 or 1 as MR
+// grows, to stay within the 16 vector registers), single rows at the end.
+template <int BITS, int MR, bool EXACT>
+void matvec_rows_avx2(const QMatrix& w, const float* x, int64_t ldx, const float* xsum, float* y,
+                      int64_t ldy, int64_t n0, int64_t n1, float* sbuf, float* bbuf) {
+  constexpr int64_t NR = MR == 1 ? 4 : MR == 2 ? 2 : 1;
+  const int64_t K = w.K;
+  const int64_t G = K / w.group_size;
+  const int64_t rb = K * BITS / 8;
+  for (int64_t n = n0; n < n1;) {
+    const int64_t nr = n1 - n >= NR ? NR : 1;
+    const float* s = rows_f32(w.scales, w.scale_type, n, nr, G, sbuf);
+    const float* b = rows_f32(w.biases, w.bias_type, n, nr, G, bbuf);
+    const uint8_t* c = w.codes + n * rb;
+    if (nr == NR) {
+      matvec_avx2<BITS, MR, NR, EXACT>(c, rb, s, b, G, w.group_size, x, ldx, xsum, y + n, ldy);
+    } else {
+      matvec_avx2<BITS, MR, 1, EXACT>(c, rb, s, b, G, w.group_size, x, ldx, xsum, y + n, ldy);
+    }
+    n += nr;
+  }
+}
+
+template <int BITS, int MR>
+void matvec_split_avx2(const QMatrix& w, const float* x, int64_t ldx, const float* xsum, float* y,
+                       int64_t ldy, int64_t n0, int64_t split, int64_t n1, float* sbuf,
+                       float* bbuf) {
+  matvec_rows_avx2<BITS, MR, false>(w, x, ldx, xsum, y, ldy, n0, split, sbuf, bbuf);
+  matvec_rows_avx2<BITS, MR, true>(w, x, ldx, xsum, y, ldy, split, n1, sbuf, bbuf);
+}
+
+template <int BITS>
+void columns_avx2(const QMatrix& w, const float* x, int64_t ldx, int64_t M, float* y,
+                  int64_t ldy, int64_t n0, int64_t n1) {
+  const int64_t K = w.K;
+  const int gs = w.group_size;
+  const int64_t G = K / gs;
+  const int64_t rb = K * BITS / 8;
+  std::vector<float> sbuf(static_cast<size_t>(kTileRows * G)), bbuf(sbuf.size());
+  if (M <= kMatvecRows) {
+    // Rows near the end of the buffer are read with exact-size loads.
+    int64_t split = n1;
+    while (split > n0 && needs_exact_reads<BITS>(w.codes + split * rb, w.codes_end)) --split;
+    std::vector<float> xsum(static_cast<size_t>(M * G));
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t g = 0; g < G; ++g) {
+        const float* xg = x + m * ldx + g * gs;
+        float t = 0.0f;
+        for (int i = 0; i < gs; ++i) t += xg[i];
+        xsum[m * G + g] = t;
+      }
+    }
+    for (int64_t m0 = 0; m0 < M; m0 += 4) {
+      const float* xm = x + m0 * ldx;
+      const float* xs = xsum.data() + m0 * G;
+      float* ym = y + m0 * ldy;
+      switch (std::min<int64_t>(4, M - m0)) {
+        case 1:
+          matvec_split_avx2<BITS, 1>(w, xm, ldx, xs, ym, ldy, n0, split, n1, sbuf.data(),
+                                     bbuf.data());
+          break;
+        case 2:
+          matvec_split_avx2<BITS, 2>(w, xm, ldx, xs, ym, ldy, n0, split, n1, sbuf.data(),
+                                     bbuf.data());
+          break;
+        case 3:
+          matvec_split_avx2<BITS, 3>(w, xm, ldx, xs, ym, ldy, n0, split, n1, sbuf.data(),
+                                     bbuf.data());
+          break;
+        default:
+          matvec_split_avx2<BITS, 4>(w, xm, ldx, xs, ym, ldy, n0, split, n1, sbuf.data(),
+                                     bbuf.data());
+          break;
+      }
+    }
+    return;
+  }
+  std::vector<float> tile(static_cast<size_t>(kTileRows * kChunk));
+  for (int64_t nb = n0; nb < n1; nb += kTileRows) {
+    const int64_t nt = std::min(kTileRows, n1 - nb);
+    const float* s = rows_f32(w.scales, w.scale_type, nb, nt, G, sbuf.data());
+    const float* b = rows_f32(w.biases, w.bias_type, nb, nt, G, bbuf.data());
+    const uint8_t* c = w.codes + nb * rb;
+    const bool exact = needs_exact_reads<BITS>(c + nt * rb, w.codes_end);
+    for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+      const int64_t kc = std::min(kChunk, K - k0);
+      const int64_t g0 = k0 / gs;
+      const uint8_t* ck = c + k0 * BITS / 8;
+      if (exact) {
+        dequant_tile_avx2<BITS, true>(ck, rb, s + g0, b + g0, G, nt, kc, gs, tile.data());
+      } else {
+        dequant_tile_avx2<BITS, false>(ck, rb, s + g0, b + g0, G, nt, kc, gs, tile.data());
+      }
+      for (int64_t m0 = 0; m0 < M; m0 += kMicroRows) {
+        const int64_t mr = std::min<int64_t>(kMicroRows, M - m0);
+        kMicroAvx2[mr - 1](x + m0 * ldx + k0, ldx, tile.data(), kc, y + m0 * ldy + nb, ldy, nt,
+                           k0 == 0);
+      }
+    }
+  }
+}
+#endif  // MLXNK_X86
+
+// ---------------------------------------------------------------------------------------------
+// NEON path (aarch64, where NEON is always present): the portable structure with vector
+// dequantization and dot products.
+
+#if defined(MLXNK_NEON)
+template <int BITS>
+void dequant_neon(const uint8_t* p, const float* s, const float* b, int64_t ngroups, int gs,
+                  float* out) {
+  constexpr uint64_t mask = (1u << BITS) - 1u;
+  const int blocks = gs / 8;
+  for (int64_t g = 0; g < ngroups; ++g) {
+    const float32x4_t sv = vdupq_n_f32(s[g]);
+    const float32x4_t bv = vdupq_n_f32(b[g]);
+    for (int j = 0; j < blocks; ++j) {
+      uint64_t u = 0;
+      std::memcpy(&u, p, BITS);  // little-endian
+      uint32_t q[8];
+      for (int c = 0; c < 8; ++c) q[c] = static_cast<uint32_t>((u >> (c * BITS)) & mask);
+      const float32x4_t lo = vcvtq_f32_u32(vld1q_u32(q));
+      const float32x4_t hi = vcvtq_f32_u32(vld1q_u32(q + 4));
+      vst1q_f32(out, vfmaq_f32(bv, lo, sv));
+      vst1q_f32(out + 4, vfmaq_f32(bv, hi, sv));
+      p += BITS;
+      out += 8;
+    }
+  }
+}
+
+float dot_neon(const float* a, const float* b, int64_t n) {
+  float32x4_t a0 = vdupq_n_f32(0.0f);
+  float32x4_t a1 = vdupq_n_f32(0.0f);
+  for (int64_t i = 0; i < n; i += 8) {
+    a0 = vfmaq_f32(a0, vld1q_f32(a + i), vld1q_f32(b + i));
+    a1 = vfmaq_f32(a1, vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
+  }
+  return vaddvq_f32(vaddq_f32(a0, a1));
+}
+
+template <int BITS>
+void columns_neon(const QMatrix& w, const float* x, int64_t ldx, int64_t M, float* y,
+                  int64_t ldy, int64_t n0, int64_t n1) {
+  const int64_t K = w.K;
+  const int64_t G = K / w.group_size;
+  const int64_t row_bytes = K * BITS / 8;
+  std::vector<float> row(static_cast<size_t>(K));
+  std::vector<float> sbuf(static_cast<size_t>(G)), bbuf(static_cast<size_t>(G));
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* s = rows_f32(w.scales, w.scale_type, n, 1, G, sbuf.data());
+    const float* b = rows_f32(w.biases, w.bias_type, n, 1, G, bbuf.data());
+    dequant_neon<BITS>(w.codes + n * row_bytes, s, b, G, w.group_size, row.data());
+    for (int64_t m = 0; m < M; ++m) y[m * ldy + n] = dot_neon(x + m * ldx, row.data(), K);
+  }
+}
+#endif  // MLXNK_NEON
+
+using ColumnsFn = void (*)(const QMatrix&, const float*, int64_t, int64_t, float*, int64_t,
+                           int64_t, int64_t);
+
+template <template <int> class Pick>
+ColumnsFn by_bits(int bits) {
+  switch (bits) {
+    case 2:
+      return Pick<2>::fn;
+    case 3:
+      return Pick<3>::fn;
+    case 4:
+      return Pick<4>::fn;
+    case 5:
+      return Pick<5>::fn;
+    case 6:
+      return Pick<6>::fn;
+    case 8:
+      return Pick<8>::fn;
+    default:
+      return nullptr;
+  }
+}
+
+template <int B>
+struct PickPortable {
+  static constexpr ColumnsFn fn = columns_portable<B>;
+};
+#if defined(MLXNK_X86)
+template <int B>
+struct PickAvx2 {
+  static constexpr ColumnsFn fn = columns_avx2<B>;
+};
+#endif
+#if defined(MLXNK_NEON)
+template <int B>
+struct PickNeon {
+  static constexpr ColumnsFn fn = columns_neon<B>;
+};
+#endif
+
+Isa isa_from_env() {
+  const char* v = std::getenv("MLX_NODE_KERNELS_ISA");
+  if (v == nullptr) return Isa::Default;
+  const std::string s(v);
+  if (s == "portable") return Isa::Portable;
+  if (s == "avx2") return Isa::Avx2;
+  if (s == "neon") return Isa::Neon;
+  return Isa::Default;  // "auto", "" or anything else
+}
+
+Isa best_isa() {
+#if defined(MLXNK_X86)
+  if (isa_available(Isa::Avx2)) return Isa::Avx2;
+#endif
+#if defined(MLXNK_NEON)
+  return Isa::Neon;
+#endif
+  return Isa::Portable;
+}
+
+}  // namespace
+
+bool isa_available(Isa isa) {
+  switch (isa) {
+    case Isa::Portable:
+      return true;
+    case Isa::Avx2:
+#if defined(MLXNK_X86)
+    {
+      // libgcc's check also covers the OS saving the YMM registers (XCR0).
+      static const bool ok = [] {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+      }();
+      return ok;
+    }
+#else
+      return false;
+#endif
+    case Isa::Neon:
+#if defined(MLXNK_NEON)
+      return true;
+#else
+      return false;
+#endif
+    case Isa::Default:
+      return true;
+  }
+  return false;
+}
+
+Isa resolve_isa(Isa requested) {
+  if (requested == Isa::Default) {
+    static const Isa chosen = [] {
+      const Isa env = isa_from_env();
+      if (env == Isa::Default) return best_isa();
+      return isa_available(env) ? env : Isa::Portable;
+    }();
+    return chosen;
+  }
+  return isa_available(requested) ? requested : Isa::Portable;
+}
+
+void qmm_columns(Isa isa, const QMatrix& w, const float* x, int64_t ldx, int64_t M, float* y,
+                 int64_t ldy, int64_t n0, int64_t n1) {
+  if (n1 <= n0 || M <= 0) return;
+  ColumnsFn fn = nullptr;
+  switch (isa) {
+#if defined(MLXNK_X86)
+    case Isa::Avx2:
+      fn = by_bits<PickAvx2>(w.bits);
+      break;
+#endif
+#if defined(MLXNK_NEON)
+    case Isa::Neon:
+      fn = by_bits<PickNeon>(w.bits);
+      break;
+#endif
+    default:
+      fn = by_bits<PickPortable>(w.bits);
+      break;
+  }
+  if (fn != nullptr) fn(w, x, ldx, M, y, ldy, n0, n1);
+}
+
+}  // namespace mlxnk
