@@ -129,11 +129,105 @@ export interface ChatUsage {
   reasoningTokens: number
 }
 
+/** Converts a checkpoint (what `mlx convert` does) on a native thread. */
+export declare function convert(options: ConvertOptions, callbacks?: { onProgress?: (progress: ConvertProgress) => void }): Promise<ConvertResult>
+
+/** The options of `convert()`: the flags of `mlx convert`, in camelCase. */
+export interface ConvertOptions {
+  /** The checkpoint folder (Hugging Face, or an unquantized MLX folder). */
+  input: string
+  /** The folder to write; refused if it exists, unless `force`. */
+  output: string
+  quantize?: boolean
+  /** 2, 3, 4, 5, 6 or 8: uniform bits (default 4), or the unsloth recipe's base (default 3). */
+  bits?: number
+  /** 32, 64 or 128 (default 64). */
+  groupSize?: number
+  recipe?: 'unsloth' | 'mixed_2_6' | 'mixed_3_4' | 'mixed_3_6' | 'mixed_4_6'
+  /** A llama.cpp imatrix (GGUF or legacy `.dat`): AWQ pre-scaling. */
+  imatrixPath?: string
+  /** A fixed AWQ strength 0..1 (default: searched per group). */
+  awqAlpha?: number
+  dtype?: 'bfloat16' | 'float16' | 'float32'
+  force?: boolean
+  /** Largest shard in bytes (default 5 GiB, as mlx-lm). */
+  maxShardBytes?: number
+}
+
+export interface ConvertProgress {
+  /** The tensor just written. */
+  tensor: string
+  tensorsDone: number
+  tensorsTotal: number
+  bytesDone: number
+  bytesTotal: number
+  elapsedSeconds: number
+}
+
+export interface ConvertResult {
+  output: string
+  rows: Array<ConvertRow>
+  parameters: number
+  outputBytes: number
+  inputBytes: number
+  bitsPerWeight: number
+  /** AWQ groups planned (0 without an imatrix). */
+  awqGroups: number
+  warnings: Array<string>
+  /** The safetensors files written. */
+  files: Array<string>
+  seconds: number
+  /** The summary table `mlx convert` prints. */
+  table: string
+}
+
+export interface ConvertRow {
+  /** The tensor class (`mlp.down_proj`, `linear_attn.out_proj`, …). */
+  class: string
+  /** `4-bit g64`, or the float dtype it was kept in. */
+  precision: string
+  bits?: number
+  /** Whether AWQ scaled the class's input columns. */
+  awq: boolean
+  tensors: number
+  parameters: number
+  bytes: number
+}
+
 export interface GenerateOptions {
   /** Tokens to generate (default 16). */
   maxNewTokens?: number
   /** Prompt tokens per forward pass while prefilling (default 512). */
   prefillChunkSize?: number
+}
+
+/** Computes an importance matrix with our engine (what `mlx imatrix` does). */
+export declare function imatrix(options: ImatrixOptions, callbacks?: { onProgress?: (progress: ImatrixProgress) => void }): Promise<ImatrixResult>
+
+export interface ImatrixOptions {
+  /** The model folder to run. */
+  model: string
+  /** The calibration text. */
+  file: string
+  /** The `.imatrix.gguf` to write. */
+  output: string
+  /** Tokens per chunk, each from an empty cache (default 256). */
+  chunkSize?: number
+}
+
+export interface ImatrixProgress {
+  chunk: number
+  chunks: number
+  tokensDone: number
+  elapsedSeconds: number
+}
+
+export interface ImatrixResult {
+  output: string
+  chunks: number
+  tokens: number
+  entries: number
+  seconds: number
 }
 
 /**
@@ -185,6 +279,12 @@ export interface ModelShape {
   /** Bytes of all weights as the engine holds them (after any dtype conversion). */
   weightBytes: number
 }
+
+/**
+ * Runs the `mlx` command line (arguments after the program name); resolves to its exit
+ * code. Progress and the summary go to the process's stderr and stdout.
+ */
+export declare function runCli(args: Array<string>): Promise<number>
 
 /** One step of a chat stream, as an async iterator yields it. */
 export interface StreamStep {

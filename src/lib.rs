@@ -4,6 +4,7 @@
 use napi_derive::napi;
 
 pub mod chat;
+pub mod convert;
 mod errors;
 pub mod model;
 mod stream;

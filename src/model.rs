@@ -92,7 +92,7 @@ fn shape_of(model: &Qwen35) -> ModelShape {
 
 /// The engine error as a JS `Error` with its `code`, built on the JS thread (a deferred can
 /// only be rejected with a napi error; one made from a JS value rejects with that value).
-fn coded_error(env: Env, e: mlx_node_core::Error) -> napi::Error {
+pub(crate) fn coded_error(env: Env, e: mlx_node_core::Error) -> napi::Error {
     let js = JsError::new(e.code.as_str().to_owned(), e.message);
     // SAFETY: `env` is the live environment of the JS thread running this resolver.
     match unsafe { napi::bindgen_prelude::ToNapiValue::to_napi_value(env.raw(), js) } {
@@ -102,7 +102,7 @@ fn coded_error(env: Env, e: mlx_node_core::Error) -> napi::Error {
 }
 
 /// A new promise and the deferred that settles it.
-fn promise<T: napi::bindgen_prelude::ToNapiValue + 'static>(
+pub(crate) fn promise<T: napi::bindgen_prelude::ToNapiValue + 'static>(
     env: &Env,
 ) -> Result<(napi::JsDeferred<T, Settle<T>>, Object<'_>), JsError> {
     env.create_deferred::<T, Settle<T>>()
@@ -151,7 +151,7 @@ fn loaded(state: &mut Option<Session>) -> mlx_node_core::Result<&mut Session> {
 }
 
 /// A promise already rejected with `e` (argument errors reject like engine errors do).
-fn rejected<'a>(env: &'a Env, e: mlx_node_core::Error) -> Result<Object<'a>, JsError> {
+pub(crate) fn rejected<'a>(env: &'a Env, e: mlx_node_core::Error) -> Result<Object<'a>, JsError> {
     let (deferred, promise) = promise::<()>(env)?;
     deferred.resolve(Box::new(move |env| Err(coded_error(env, e))));
     Ok(promise)

@@ -9,6 +9,7 @@
 pub mod awq;
 pub mod calibrate;
 pub mod card;
+pub mod cli;
 pub mod convert;
 pub mod recipe;
 pub mod source;
