@@ -294,7 +294,11 @@ fn refusals_have_codes_and_leave_nothing_behind() {
     // Another architecture.
     let other = dir.join("llama");
     std::fs::create_dir_all(&other).unwrap();
-    std::fs::write(other.join("config.json"), r#"{"model_type": "llama", "hidden_size": 64}"#).unwrap();
+    std::fs::write(
+        other.join("config.json"),
+        r#"{"model_type": "llama", "hidden_size": 64}"#,
+    )
+    .unwrap();
     let e = run(&options(&other, &dir.join("l")));
     assert_eq!(e.code, ErrorCode::UnsupportedModel, "{}", e.message);
 
