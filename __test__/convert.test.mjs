@@ -113,6 +113,27 @@ describe('the mlx command', options, () => {
 })
 
 describe('imatrix()', options, () => {
+  test('calibrates on our own text, and convert() takes the result', async () => {
+    const output = join(scratch, 'readme.imatrix.gguf')
+    const seen = []
+    const r = await imatrix(
+      { model: join(fixtures, 'tiny-dense'), file: join(root, 'README.md'), output, chunkSize: 128 },
+      { onProgress: (p) => seen.push(p) },
+    )
+    assert.equal(r.entries, 62)
+    assert.ok(r.chunks >= 4, `${r.chunks} chunks`)
+    assert.equal(seen.at(-1).chunk, r.chunks)
+    assert.equal(r.tokens, r.chunks * 128)
+    const converted = await convert({
+      input: join(fixtures, 'tiny-dense'),
+      output: join(scratch, 'awq-own'),
+      quantize: true,
+      recipe: 'unsloth',
+      imatrixPath: output,
+    })
+    assert.ok(converted.awqGroups > 0)
+  })
+
   test('refuses bad options with codes', async () => {
     await rejectsWith(imatrix({ model: join(fixtures, 'tiny-dense') }), 'INVALID_ARGUMENT', /file/)
     await rejectsWith(

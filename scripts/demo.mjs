@@ -1,6 +1,8 @@
 // `npm run demo`: builds what is missing, makes a random-weight Qwen3.5 model once (real
-// tokenizer, template and vocabulary; cached in .mlx/models/), and chats with it: several
-// turns with thinking on and off and a tool, streamed, with tokens/s.
+// tokenizer, template and vocabulary; cached in .mlx/models/), calibrates an imatrix on it
+// (`imatrix()`, over this README) and converts it with the unsloth recipe (`convert()`), then
+// chats with the converted model: several turns with thinking on and off and a tool, streamed,
+// with tokens/s.
 // `npm run demo -- --model DIR` chats with a model folder of yours instead.
 import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
@@ -15,7 +17,7 @@ let modelDir = modelFlag >= 0 ? args[modelFlag + 1] : undefined
 const random = !modelDir
 
 build()
-const { loadModel, mlxInfo } = createRequire(import.meta.url)('../index.js')
+const { convert, imatrix, loadModel, mlxInfo } = createRequire(import.meta.url)('../index.js')
 const info = mlxInfo()
 console.log(`@mlx-node/lm on MLX ${info.version}, device ${info.device}, backend ${info.backend}`)
 
@@ -26,6 +28,17 @@ if (random) {
     run('cargo', ['run', '--quiet', '--release', '-p', 'mlx-node-model-gen', '--',
       '--out', modelDir, '--preset', 'small', '--cache', join(root, '.mlx', 'cache')])
   }
+  const converted = join(root, '.mlx', 'models', 'demo-small-UD-Q4_K_XL-mlx')
+  if (!existsSync(join(converted, 'config.json'))) {
+    const imatrixPath = join(root, '.mlx', 'models', 'demo-small.imatrix.gguf')
+    console.log('calibrating an importance matrix on README.md (imatrix(), once) ...')
+    const m = await imatrix({ model: modelDir, file: join(root, 'README.md'), output: imatrixPath })
+    console.log(`  ${m.chunks} chunks of 256 tokens, ${m.entries} matrices, ${m.seconds.toFixed(1)} s`)
+    console.log('converting: unsloth recipe, base 4 bits, AWQ from that imatrix (convert(), once) ...')
+    const r = await convert({ input: modelDir, output: converted, quantize: true, bits: 4, recipe: 'unsloth', imatrixPath, force: true })
+    console.log(r.table)
+  }
+  modelDir = converted
   console.log('note: this model has RANDOM weights, so its replies are noise; the speed is real.')
 }
 
