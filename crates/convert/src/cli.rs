@@ -3,7 +3,6 @@
 //! and fail with the same coded errors.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mlx_node_core::error::{fail, Error, ErrorCode, Result};
@@ -115,13 +114,7 @@ pub fn parse(args: &[String]) -> Result<Command> {
             Ok(Command::Convert(o))
         }
         "imatrix" => {
-            let mut o = CalibrateOptions {
-                model: PathBuf::new(),
-                text: PathBuf::new(),
-                output: PathBuf::new(),
-                chunk_size: 256,
-                dataset_name: None,
-            };
+            let mut o = CalibrateOptions::new("", "", "");
             while let Some(flag) = it.next() {
                 match flag.as_str() {
                     "-m" | "--model" => o.model = value(&flag, &mut it)?.into(),
@@ -192,13 +185,7 @@ pub fn convert_options(v: &Value) -> Result<ConvertOptions> {
 /// Reads an `imatrix()` options object: `{ model, file, output, chunkSize? }`.
 pub fn imatrix_options(v: &Value) -> Result<CalibrateOptions> {
     let map = object(v, "imatrix options")?;
-    let mut o = CalibrateOptions {
-        model: PathBuf::new(),
-        text: PathBuf::new(),
-        output: PathBuf::new(),
-        chunk_size: 256,
-        dataset_name: None,
-    };
+    let mut o = CalibrateOptions::new("", "", "");
     for (key, value) in map {
         match key.as_str() {
             "model" => o.model = string(key, value)?.into(),
@@ -456,6 +443,7 @@ pub fn run(args: &[String]) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn args(s: &str) -> Vec<String> {
         s.split_whitespace().map(str::to_string).collect()

@@ -6,6 +6,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+mod common;
+
+use common::{fixtures, scratch};
 use mlx_node_convert::calibrate::{
     calibrate, calibration_tokens, CalibrateOptions, CalibrateProgress,
 };
@@ -14,34 +17,6 @@ use mlx_node_core::ErrorCode;
 use mlx_node_imatrix::{gguf_to_hf_heads, Imatrix, ModelShape as ImatrixShape};
 use mlx_node_model_gen::{generate, GenerateOptions, LayerType, ModelShape, MoeShape};
 use mlx_rs::{Array, Dtype};
-
-/// `../shared/fixtures/qwen3_5` beside the repository. Missing fixtures fail the test, unless
-/// `MLX_NODE_NO_FIXTURES=1` says this checkout has none, which skips it.
-fn fixtures() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/qwen3_5");
-    if root.is_dir() {
-        return Some(root);
-    }
-    if std::env::var("MLX_NODE_NO_FIXTURES").as_deref() == Ok("1") {
-        eprintln!(
-            "skipped: no fixtures at {} (MLX_NODE_NO_FIXTURES=1)",
-            root.display()
-        );
-        return None;
-    }
-    panic!(
-        "the fixtures are missing at {}; set MLX_NODE_NO_FIXTURES=1 to skip fixture tests",
-        root.display()
-    );
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("mlx-node-calibrate-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn no_progress() -> impl FnMut(&CalibrateProgress) {
     |_| {}
