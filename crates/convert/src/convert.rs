@@ -246,6 +246,18 @@ fn check_paths(o: &ConvertOptions) -> Result<()> {
                 ),
             );
         }
+        // --force replaces a model folder (or an empty one), never an arbitrary folder.
+        let empty = std::fs::read_dir(&output).is_ok_and(|mut d| d.next().is_none());
+        if !output.join("config.json").is_file() && !empty {
+            return fail(
+                ErrorCode::OutputExists,
+                format!(
+                    "output {} exists and is not a model folder (no config.json); even with \
+                     --force only a model folder is replaced",
+                    o.output.display()
+                ),
+            );
+        }
     }
     Ok(())
 }

@@ -302,9 +302,13 @@ fn refusals_have_codes_and_leave_nothing_behind() {
     let e = run(&options(&other, &dir.join("l")));
     assert_eq!(e.code, ErrorCode::UnsupportedModel, "{}", e.message);
 
-    // --force replaces.
+    // --force replaces a model folder, never another folder.
     let mut o = options(&input, &out);
     o.force = true;
+    let e = run(&o);
+    assert_eq!(e.code, ErrorCode::OutputExists);
+    assert!(out.join("keep.txt").is_file());
+    std::fs::write(out.join("config.json"), "{}").unwrap();
     convert(&o, &mut |_| {}).unwrap();
     assert!(!out.join("keep.txt").exists());
     assert!(out.join("model.safetensors").is_file());
