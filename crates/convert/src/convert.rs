@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mlx_node_core::error::{fail, Error, ErrorCode, Result};
-use mlx_rs::{ops, Array, Dtype};
+use mlx_node_core::linear::slice_axis;
+use mlx_rs::{ops, Array, Device, Dtype, Stream};
 use serde_json::{json, Map, Value};
 
 use crate::awq::{self, AwqPlan};
@@ -370,6 +371,10 @@ pub fn convert(
         o.max_shard_bytes.unwrap_or(MAX_SHARD_BYTES),
         parameters,
     )?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let streams: Vec<Stream> = (0..cores)
+        .map(|_| Stream::new_with_device(&Device::cpu()))
+        .collect();
     let bytes_total: u64 = jobs.iter().map(|j| j.tensor.input_bytes).sum();
     let mut bytes_done = 0;
     for (i, job) in jobs.iter().enumerate() {
@@ -378,7 +383,7 @@ pub fn convert(
             .and_then(|p| p.scalings.get(&job.tensor.name))
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        write_job(&source, job, scalings, &s, &writer)?;
+        write_job(&source, &streams, job, scalings, &s, &writer)?;
         bytes_done += job.tensor.input_bytes;
         progress(&ConvertProgress {
             tensor: job.tensor.name.clone(),
@@ -443,6 +448,7 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 
 fn write_job(
     source: &Source,
+    streams: &[Stream],
     job: &Job,
     scalings: &[awq::Scaling],
     s: &Settings,
@@ -489,13 +495,32 @@ fn write_job(
             }
             Choice::Quantize { bits, group_size } => {
                 let w = a.as_dtype(s.dtype)?;
-                let (q, scales, biases) = ops::quantize(&w, group_size as i32, bits as i32)?;
-                mlx_rs::transforms::eval([&q, &scales, &biases])?;
-                for (out, arr) in job.outputs.iter().zip([&q, &scales, &biases]) {
-                    let arr = arr.contiguous()?;
-                    arr.eval()?;
-                    let at = row as u64 * out.bytes() / rows_total as u64;
-                    writer.write(&out.name, at, bytes(&arr)?)?;
+                // MLX quantizes on one thread per stream: give each core a share of the rows,
+                // on a stream of its own (rows are quantized independently, so the bytes are
+                // the same as one call's).
+                let n = end - row;
+                let parts = streams.len().min(n).max(1);
+                let mut pieces = Vec::with_capacity(parts);
+                for (p, stream) in streams.iter().take(parts).enumerate() {
+                    let (r0, r1) = (n * p / parts, n * (p + 1) / parts);
+                    let part = if parts == 1 {
+                        w.clone()
+                    } else {
+                        slice_axis(&w, 0, r0 as i32, r1 as i32)?
+                    };
+                    let (q, sc, bi) = mlx_rs::with_stream(stream, || {
+                        ops::quantize(&part, group_size as i32, bits as i32)
+                    })?;
+                    pieces.push((row + r0, [q, sc, bi]));
+                }
+                mlx_rs::transforms::eval(pieces.iter().flat_map(|(_, a)| a.iter()))?;
+                for (at_row, arrays) in &pieces {
+                    for (out, arr) in job.outputs.iter().zip(arrays) {
+                        let arr = arr.contiguous()?;
+                        arr.eval()?;
+                        let at = *at_row as u64 * out.bytes() / rows_total as u64;
+                        writer.write(&out.name, at, bytes(&arr)?)?;
+                    }
                 }
             }
         }
