@@ -162,6 +162,39 @@ fn progress_callback<T: napi::bindgen_prelude::ToNapiValue + 'static>(
     }
 }
 
+/// Runs `job` on a native thread of its own, handing each progress event (made JS-shaped by
+/// `progress_to_js`) to `callbacks.onProgress`, and settles the returned promise with
+/// `to_js` of its result or its coded error.
+fn on_thread<'a, P, R, JsP, JsR>(
+    env: &'a Env,
+    callbacks: Option<Object>,
+    job: impl FnOnce(&mut dyn FnMut(&P)) -> mlx_node_core::Result<R> + Send + 'static,
+    progress_to_js: impl Fn(&P) -> JsP + Send + 'static,
+    to_js: impl FnOnce(R) -> JsR + Send + 'static,
+) -> Result<Object<'a>, JsError>
+where
+    R: Send + 'static,
+    JsP: napi::bindgen_prelude::ToNapiValue + 'static,
+    JsR: napi::bindgen_prelude::ToNapiValue + 'static,
+{
+    let progress = progress_callback::<JsP>(callbacks)?;
+    let (deferred, promise) = promise::<JsR>(env)?;
+    std::thread::spawn(move || {
+        let result = catch_panic(|| {
+            job(&mut |p| {
+                if let Some(f) = &progress {
+                    f.call(progress_to_js(p), ThreadsafeFunctionCallMode::NonBlocking);
+                }
+            })
+        });
+        deferred.resolve(Box::new(move |env| match result {
+            Ok(r) => Ok(to_js(r)),
+            Err(e) => Err(coded_error(env, e)),
+        }));
+    });
+    Ok(promise)
+}
+
 /// Converts a checkpoint (what `mlx convert` does) on a native thread.
 #[napi(
     ts_args_type = "options: ConvertOptions, callbacks?: { onProgress?: (progress: ConvertProgress) => void }",
@@ -176,32 +209,20 @@ pub fn convert<'a>(
         Ok(o) => o,
         Err(e) => return rejected(env, e),
     };
-    let progress = progress_callback::<ConvertProgress>(callbacks)?;
-    let (deferred, promise) = promise::<ConvertResult>(env)?;
-    std::thread::spawn(move || {
-        let result = catch_panic(|| {
-            mlx_node_convert::convert(&options, &mut |p| {
-                if let Some(f) = &progress {
-                    f.call(
-                        ConvertProgress {
-                            tensor: p.tensor.clone(),
-                            tensors_done: p.tensors_done as u32,
-                            tensors_total: p.tensors_total as u32,
-                            bytes_done: p.bytes_done as f64,
-                            bytes_total: p.bytes_total as f64,
-                            elapsed_seconds: p.elapsed.as_secs_f64(),
-                        },
-                        ThreadsafeFunctionCallMode::NonBlocking,
-                    );
-                }
-            })
-        });
-        deferred.resolve(Box::new(move |env| match result {
-            Ok(s) => Ok(summary_to_js(s)),
-            Err(e) => Err(coded_error(env, e)),
-        }));
-    });
-    Ok(promise)
+    on_thread(
+        env,
+        callbacks,
+        move |progress| mlx_node_convert::convert(&options, progress),
+        |p: &mlx_node_convert::ConvertProgress| ConvertProgress {
+            tensor: p.tensor.clone(),
+            tensors_done: p.tensors_done as u32,
+            tensors_total: p.tensors_total as u32,
+            bytes_done: p.bytes_done as f64,
+            bytes_total: p.bytes_total as f64,
+            elapsed_seconds: p.elapsed.as_secs_f64(),
+        },
+        summary_to_js,
+    )
 }
 
 /// Computes an importance matrix with our engine (what `mlx imatrix` does).
@@ -218,36 +239,24 @@ pub fn imatrix<'a>(
         Ok(o) => o,
         Err(e) => return rejected(env, e),
     };
-    let progress = progress_callback::<ImatrixProgress>(callbacks)?;
-    let (deferred, promise) = promise::<ImatrixResult>(env)?;
-    std::thread::spawn(move || {
-        let result = catch_panic(|| {
-            mlx_node_convert::calibrate::calibrate(&options, &mut |p| {
-                if let Some(f) = &progress {
-                    f.call(
-                        ImatrixProgress {
-                            chunk: p.chunk as u32,
-                            chunks: p.chunks as u32,
-                            tokens_done: p.tokens_done as u32,
-                            elapsed_seconds: p.elapsed.as_secs_f64(),
-                        },
-                        ThreadsafeFunctionCallMode::NonBlocking,
-                    );
-                }
-            })
-        });
-        deferred.resolve(Box::new(move |env| match result {
-            Ok(s) => Ok(ImatrixResult {
-                output: s.output.display().to_string(),
-                chunks: s.chunks as u32,
-                tokens: s.tokens as u32,
-                entries: s.entries as u32,
-                seconds: s.seconds,
-            }),
-            Err(e) => Err(coded_error(env, e)),
-        }));
-    });
-    Ok(promise)
+    on_thread(
+        env,
+        callbacks,
+        move |progress| mlx_node_convert::calibrate::calibrate(&options, progress),
+        |p: &mlx_node_convert::calibrate::CalibrateProgress| ImatrixProgress {
+            chunk: p.chunk as u32,
+            chunks: p.chunks as u32,
+            tokens_done: p.tokens_done as u32,
+            elapsed_seconds: p.elapsed.as_secs_f64(),
+        },
+        |s| ImatrixResult {
+            output: s.output.display().to_string(),
+            chunks: s.chunks as u32,
+            tokens: s.tokens as u32,
+            entries: s.entries as u32,
+            seconds: s.seconds,
+        },
+    )
 }
 
 /// Runs the `mlx` command line (arguments after the program name); resolves to its exit

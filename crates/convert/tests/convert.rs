@@ -15,7 +15,6 @@ use common::*;
 use mlx_node_convert::{convert, ConvertOptions};
 use mlx_node_core::safetensors::SafetensorsFile;
 use mlx_node_core::ErrorCode;
-use mlx_rs::Array;
 
 fn options(input: &Path, output: &Path) -> ConvertOptions {
     ConvertOptions {
@@ -30,7 +29,6 @@ fn tensors(dir: &Path) -> BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
     for path in mlx_node_core::safetensors::model_files(dir).unwrap() {
         let file = SafetensorsFile::open(&path).unwrap();
         let bytes = std::fs::read(&path).unwrap();
-        let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize + 8;
         let mut infos: Vec<_> = file.tensors.iter().collect();
         infos.sort_by_key(|(_, i)| i.offset);
         for (k, (name, info)) in infos.iter().enumerate() {
@@ -38,7 +36,6 @@ fn tensors(dir: &Path) -> BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
                 .get(k + 1)
                 .map(|(_, n)| n.offset as usize)
                 .unwrap_or(bytes.len());
-            let _ = header;
             let data = bytes[info.offset as usize..end].to_vec();
             out.insert(
                 name.to_string(),
@@ -313,7 +310,6 @@ fn refusals_have_codes_and_leave_nothing_behind() {
     assert!(!out.join("keep.txt").exists());
     assert!(out.join("model.safetensors").is_file());
     no_partial_left(&dir);
-    let _ = Array::from_slice(&[0i32], &[1]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
