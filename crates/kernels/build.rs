@@ -4,7 +4,12 @@
 use std::env;
 use std::path::PathBuf;
 
-const SOURCES: [&str; 3] = ["csrc/qmm.cpp", "csrc/pool.cpp", "csrc/primitives.cpp"];
+const SOURCES: [&str; 4] = [
+    "csrc/qmm.cpp",
+    "csrc/gated_delta.cpp",
+    "csrc/pool.cpp",
+    "csrc/primitives.cpp",
+];
 
 fn main() {
     let include = env::var_os("DEP_MLX_INCLUDE")
@@ -33,6 +38,9 @@ fn main() {
     // GCC warns (-Wpsabi) that the AVX2 helpers returning __m256 have another ABI than
     // baseline code would; they are only ever inlined into functions of the same target.
     build.flag_if_supported("-Wno-psabi");
+    // GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own `_mm512_undefined_*`
+    // placeholders (GCC bug 105593) wherever the conversions are inlined.
+    build.flag_if_supported("-Wno-maybe-uninitialized");
     for source in SOURCES {
         build.file(source);
         println!("cargo:rerun-if-changed={source}");

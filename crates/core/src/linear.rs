@@ -13,7 +13,9 @@ use crate::config::QuantParams;
 use crate::error::{Error, ErrorCode, Result};
 
 /// Our kernel's output, or `None` when the kernels are off or leave this call to MLX.
-fn kernel(op: impl FnOnce() -> mlx_node_kernels::Result<Option<Array>>) -> Result<Option<Array>> {
+pub(crate) fn kernel<T>(
+    op: impl FnOnce() -> mlx_node_kernels::Result<Option<T>>,
+) -> Result<Option<T>> {
     if !mlx_node_kernels::enabled() {
         return Ok(None);
     }

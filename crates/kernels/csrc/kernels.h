@@ -9,7 +9,8 @@
 namespace mlxnk {
 
 // Values shared with the C ABI (`isa` arguments) and the Rust crate's `Isa`.
-enum class Isa : int { Default = 0, Portable = 1, Avx2 = 2, Neon = 3 };
+// Avx512 is the AVX2 path with AVX-512F vectors where they pay (the single-row matvec).
+enum class Isa : int { Default = 0, Portable = 1, Avx2 = 2, Neon = 3, Avx512 = 4 };
 
 // Storage type of scales and biases.
 enum class FType : int { F32 = 0, BF16 = 1, F16 = 2 };
@@ -33,6 +34,35 @@ struct QMatrix {
 // `isa` must be a resolved one (see resolve_isa).
 void qmm_columns(Isa isa, const QMatrix& w, const float* x, int64_t ldx, int64_t M, float* y,
                  int64_t ldy, int64_t n0, int64_t n1);
+
+// Shapes of one Gated DeltaNet mixing call (gated_delta.cpp): B sequences of T tokens, Hk key
+// heads of dk and Hv value heads of dv (Hv a multiple of Hk), a K-tap convolution.
+struct DeltaShape {
+  int64_t B, T, Hk, Hv, dk, dv, K;
+  int64_t channels() const { return 2 * Hk * dk + Hv * dv; }
+};
+
+// Row-major float32 buffers of a Gated DeltaNet mixing call; C = shape.channels().
+struct DeltaArgs {
+  DeltaShape shape;
+  const float* qkv;            // [B, T, C] in_proj_qkv output
+  const float* z;              // [B, T, Hv * dv] in_proj_z output
+  const float* a;              // [B, T, Hv] in_proj_a output
+  const float* b;              // [B, T, Hv] in_proj_b output
+  const float* conv_weight;    // [C, K]
+  const float* conv_state_in;  // [B, K - 1, C] the previous inputs
+  const float* neg_a;          // [Hv] −exp(A_log)
+  const float* dt_bias;        // [Hv]
+  const float* norm_weight;    // [dv]
+  float eps;
+  float* conv_state_out;  // [B, K - 1, C]
+  const float* state_in;  // [B, Hv, dk, dv] the recurrent state
+  float* state;           // [B, Hv, dk, dv] the new one (may not alias state_in)
+  float* y;               // [B, T, Hv * dv] normalised, gated output
+};
+
+// Runs the mixing (see gated_delta.cpp) over the pool; `isa` resolved.
+void gated_delta(Isa isa, const DeltaArgs& args);
 
 // What a request runs as here: Default picks MLX_NODE_KERNELS_ISA (portable/avx2/neon/auto)
 // or the best this CPU has; an ISA this build or CPU lacks becomes Portable.

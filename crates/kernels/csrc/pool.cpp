@@ -107,7 +107,7 @@ class Pool {
   void worker() {
     uint64_t seen = generation_.load(std::memory_order_acquire);
     for (;;) {
-      const auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(30);
+      const auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(400);
       while (generation_.load(std::memory_order_acquire) == seen &&
              std::chrono::steady_clock::now() < spin_until) {
         cpu_relax();

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <exception>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -413,11 +414,91 @@ class GatherQmmCpu : public mx::UnaryPrimitive {
   Isa isa_;
 };
 
+
+// Inputs: qkv, z, a, b, conv_weight, conv_state, neg_a, dt_bias, norm_weight, state (all
+// float32); outputs: y, the new conv window, the new state.
+class GatedDeltaCpu : public mx::Primitive {
+ public:
+  GatedDeltaCpu(mx::Stream stream, int key_heads, int value_heads, float eps, Isa isa)
+      : mx::Primitive(stream), hk_(key_heads), hv_(value_heads), eps_(eps), isa_(isa) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    // No input is donated to an output: each output's node holds the inputs, so none is
+    // ever the only reference; the kernel reads the old state while it writes the new one.
+    for (auto& out : outputs) out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (const auto& in : inputs) encoder.set_input_array(in);
+    for (auto& out : outputs) encoder.set_output_array(out);
+    std::vector<mx::array> ins, outs;
+    for (const auto& in : inputs) ins.push_back(mx::array::unsafe_weak_copy(in));
+    for (const auto& out : outputs) outs.push_back(mx::array::unsafe_weak_copy(out));
+    encoder.dispatch([ins = std::move(ins), outs = std::move(outs), hk = hk_, hv = hv_,
+                      eps = eps_, isa = isa_]() mutable {
+      eval_gated_delta(ins, outs, hk, hv, eps, isa);
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error(
+        "[mlx-node kernels] GatedDelta runs on CPU streams only; use MLX's ops on other "
+        "devices");
+  }
+
+  const char* name() const override { return "MlxNodeGatedDelta"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto* o = dynamic_cast<const GatedDeltaCpu*>(&other);
+    return o != nullptr && o->hk_ == hk_ && o->hv_ == hv_ && o->eps_ == eps_ && o->isa_ == isa_;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {inputs[1].shape(), inputs[5].shape(), inputs[9].shape()};
+  }
+
+ private:
+  static void eval_gated_delta(const std::vector<mx::array>& in, std::vector<mx::array>& out,
+                               int hk, int hv, float eps, Isa isa) {
+    const mx::array& qkv = in[0];
+    const mx::array& state = in[9];
+    DeltaArgs a{};
+    a.shape.B = qkv.shape(0);
+    a.shape.T = qkv.shape(1);
+    a.shape.Hk = hk;
+    a.shape.Hv = hv;
+    a.shape.dk = state.shape(2);
+    a.shape.dv = state.shape(3);
+    a.shape.K = in[4].shape(1);
+    std::vector<std::vector<float>> bufs(10);
+    const float* p[10];
+    for (size_t i = 0; i < 10; ++i) p[i] = as_f32(in[i], bufs[i]);
+    a.qkv = p[0];
+    a.z = p[1];
+    a.a = p[2];
+    a.b = p[3];
+    a.conv_weight = p[4];
+    a.conv_state_in = p[5];
+    a.neg_a = p[6];
+    a.dt_bias = p[7];
+    a.norm_weight = p[8];
+    a.eps = eps;
+    a.y = out[0].data<float>();
+    a.conv_state_out = out[1].data<float>();
+    a.state_in = p[9];
+    a.state = out[2].data<float>();
+    gated_delta(isa, a);
+  }
+
+  int hk_;
+  int hv_;
+  float eps_;
+  Isa isa_;
+};
+
 // ---------------------------------------------------------------------------------------------
 // Graph construction.
 
 Isa isa_arg(int isa) {
-  if (isa < 0 || isa > 3) return resolve_isa(Isa::Default);
+  if (isa < 0 || isa > 4) return resolve_isa(Isa::Default);
   return resolve_isa(static_cast<Isa>(isa));
 }
 
@@ -518,6 +599,53 @@ int gather_qmm(mlx_array* res, mlx_array x_in, mlx_array w_in, mlx_array s_in, m
   return kOk;
 }
 
+bool f32_with_shape(const mx::array& a, std::initializer_list<int64_t> shape) {
+  if (a.dtype() != mx::float32 || a.ndim() != shape.size()) return false;
+  int d = 0;
+  for (int64_t n : shape) {
+    if (a.shape(d++) != n) return false;
+  }
+  return true;
+}
+
+// The inputs in GatedDeltaCpu's order; not handled unless every one is float32 and of the
+// shapes the mixing implies.
+int gated_delta_op(mlx_array* y_out, mlx_array* conv_out, mlx_array* state_out,
+                   const mlx_array* in, int key_heads, int value_heads, float eps, int isa,
+                   mlx_stream stream_in) {
+  const mx::Stream stream = mlx_stream_get_(stream_in);
+  if (stream.device.type != mx::Device::DeviceType::cpu) return kNotHandled;
+  for (int i = 0; i < 10; ++i) {
+    if (in[i].ctx == nullptr) return kNotHandled;
+  }
+  std::vector<mx::array> inputs;
+  for (int i = 0; i < 10; ++i) inputs.push_back(mlx_array_get_(in[i]));
+  const mx::array& qkv = inputs[0];
+  const mx::array& state = inputs[9];
+  if (qkv.ndim() != 3 || state.ndim() != 4 || inputs[4].ndim() != 2) return kNotHandled;
+  const int64_t B = qkv.shape(0), T = qkv.shape(1), C = qkv.shape(2);
+  const int64_t hk = key_heads, hv = value_heads;
+  const int64_t dk = state.shape(2), dv = state.shape(3), K = inputs[4].shape(1);
+  if (hk < 1 || hv < 1 || hv % hk != 0 || K < 1 || C != 2 * hk * dk + hv * dv) {
+    return kNotHandled;
+  }
+  const bool shapes_ok =
+      f32_with_shape(qkv, {B, T, C}) && f32_with_shape(inputs[1], {B, T, hv * dv}) &&
+      f32_with_shape(inputs[2], {B, T, hv}) && f32_with_shape(inputs[3], {B, T, hv}) &&
+      f32_with_shape(inputs[4], {C, K}) && f32_with_shape(inputs[5], {B, K - 1, C}) &&
+      f32_with_shape(inputs[6], {hv}) && f32_with_shape(inputs[7], {hv}) &&
+      f32_with_shape(inputs[8], {dv}) && f32_with_shape(state, {B, hv, dk, dv});
+  if (!shapes_ok) return kNotHandled;
+  const auto shapes = std::vector<mx::Shape>{inputs[1].shape(), inputs[5].shape(), state.shape()};
+  auto outs = mx::array::make_arrays(
+      shapes, {mx::float32, mx::float32, mx::float32},
+      std::make_shared<GatedDeltaCpu>(stream, key_heads, value_heads, eps, isa_arg(isa)), inputs);
+  mlx_array_set_(*y_out, outs[0]);
+  mlx_array_set_(*conv_out, outs[1]);
+  mlx_array_set_(*state_out, outs[2]);
+  return kOk;
+}
+
 template <class F>
 int guarded(F&& f) {
   try {
@@ -556,6 +684,18 @@ int mlxnk_gather_qmm(mlx_array* res, mlx_array x, mlx_array w, mlx_array scales,
   return mlxnk::guarded([&] {
     return mlxnk::gather_qmm(res, x, w, scales, biases, lhs_indices, rhs_indices, group_size,
                              bits, isa, stream);
+  });
+}
+
+// The Gated DeltaNet mixing of one layer (gated_delta.cpp): `inputs` are qkv, z, a, b,
+// conv_weight, conv_state, neg_a, dt_bias, norm_weight, state; the outputs y, the new conv
+// window and the new state.
+int mlxnk_gated_delta(mlx_array* y, mlx_array* conv_state, mlx_array* state,
+                      const mlx_array* inputs, int key_heads, int value_heads, float eps,
+                      int isa, mlx_stream stream) {
+  return mlxnk::guarded([&] {
+    return mlxnk::gated_delta_op(y, conv_state, state, inputs, key_heads, value_heads, eps, isa,
+                                 stream);
   });
 }
 

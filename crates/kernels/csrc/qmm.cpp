@@ -427,6 +427,191 @@ using MicroFn = void (*)(const float*, int64_t, const float*, int64_t, float*, i
 const MicroFn kMicroAvx2[kMicroRows] = {micro_avx2<1>, micro_avx2<2>, micro_avx2<3>,
                                         micro_avx2<4>, micro_avx2<5>, micro_avx2<6>};
 
+// One activation row against whole weight rows, for the widths whose codes never straddle a
+// byte (2, 4, 8 bits): 32 codes at a time are split into four vectors of eight with byte masks
+// only (no variable shifts), each masked lane holding code · 2^(BITS·r) for its position r in
+// the byte. The activations are permuted once per call to match (and the ones multiplied by
+// a shifted code scaled by the exact power of two that undoes the shift), so every product is
+// bit for bit the q·x of the plain order. Rows are walked in order, one contiguous stream per
+// thread, with the next rows prefetched.
+template <int BITS>
+constexpr int kLanesPerByte = 8 / BITS;
+
+// xp[32 j + 8 r + i] for block j: the x multiplying lane i of vector r (see split32_avx2).
+template <int BITS>
+void permute_x(const float* x, int64_t K, float* xp) {
+  for (int64_t j = 0; j < K; j += 32) {
+    const float* xs = x + j;
+    float* out = xp + j;
+    if constexpr (BITS == 8) {
+      for (int i = 0; i < 32; ++i) out[i] = xs[i];
+    } else if constexpr (BITS == 4) {
+      // Vectors: low nibbles of bytes 0-7, 8-15, then the high nibbles (16 · code).
+      for (int i = 0; i < 8; ++i) {
+        out[i] = xs[2 * i];
+        out[8 + i] = xs[16 + 2 * i];
+        out[16 + i] = xs[2 * i + 1] * 0.0625f;
+        out[24 + i] = xs[16 + 2 * i + 1] * 0.0625f;
+      }
+    } else {
+      // 2 bits: vector r holds the codes at bits 2r of bytes 0-7, times 4^r.
+      for (int r = 0; r < 4; ++r) {
+        const float undo = 1.0f / static_cast<float>(1 << (2 * r));
+        for (int i = 0; i < 8; ++i) out[8 * r + i] = xs[4 * i + r] * undo;
+      }
+    }
+  }
+}
+
+// The 32 codes at p as four float vectors in permute_x's order.
+template <int BITS>
+MLXNK_AVX2 inline void split32_avx2(const uint8_t* p, __m256 q[4]) {
+  if constexpr (BITS == 8) {
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) {
+      const __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * r));
+      q[r] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+    }
+  } else if constexpr (BITS == 4) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m128i lo = _mm_and_si128(v, _mm_set1_epi8(0x0F));
+    const __m128i hi = _mm_and_si128(v, _mm_set1_epi8(static_cast<char>(0xF0)));
+    q[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+    q[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(lo, lo)));
+    q[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+    q[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(hi, hi)));
+  } else {
+    const __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) {
+      const __m128i m = _mm_and_si128(v, _mm_set1_epi8(static_cast<char>(3 << (2 * r))));
+      q[r] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(m));
+    }
+  }
+}
+
+// How far ahead of the codes being read to prefetch (bytes): a few rows of the small
+// matrices, well inside what the hardware keeps in flight.
+constexpr int64_t kPrefetchBytes = 1024;
+
+template <int BITS>
+MLXNK_AVX2 void row_stream_avx2(const QMatrix& w, const float* xp, const float* xsum, float* y,
+                                int64_t n0, int64_t n1, float* sbuf, float* bbuf) {
+  const int64_t K = w.K;
+  const int gs = w.group_size;
+  const int64_t G = K / gs;
+  const int64_t rb = K * BITS / 8;
+  const int blocks = gs / 32;
+  // Scales and biases of kRowBatch rows are converted (if not float32) at a time.
+  constexpr int64_t kRowBatch = 16;
+  for (int64_t nb = n0; nb < n1; nb += kRowBatch) {
+    const int64_t nr = std::min(kRowBatch, n1 - nb);
+    const float* sc = rows_f32(w.scales, w.scale_type, nb, nr, G, sbuf);
+    const float* bi = rows_f32(w.biases, w.bias_type, nb, nr, G, bbuf);
+    for (int64_t r = 0; r < nr; ++r) {
+      const uint8_t* c = w.codes + (nb + r) * rb;
+      const float* s = sc + r * G;
+      const float* b = bi + r * G;
+      __m256 tot = _mm256_setzero_ps();
+      float bias = 0.0f;
+      const float* x = xp;
+      for (int64_t g = 0; g < G; ++g) {
+        _mm_prefetch(reinterpret_cast<const char*>(c) + kPrefetchBytes, _MM_HINT_T0);
+        __m256 acc[4];
+        __m256 q[4];
+        split32_avx2<BITS>(c, q);
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) acc[v] = _mm256_mul_ps(q[v], _mm256_loadu_ps(x + 8 * v));
+        c += 4 * BITS;
+        x += 32;
+        for (int j = 1; j < blocks; ++j, c += 4 * BITS, x += 32) {
+          split32_avx2<BITS>(c, q);
+#pragma GCC unroll 4
+          for (int v = 0; v < 4; ++v) {
+            acc[v] = _mm256_fmadd_ps(q[v], _mm256_loadu_ps(x + 8 * v), acc[v]);
+          }
+        }
+        const __m256 sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]),
+                                         _mm256_add_ps(acc[2], acc[3]));
+        tot = _mm256_fmadd_ps(sum, _mm256_set1_ps(s[g]), tot);
+        bias += b[g] * xsum[g];
+      }
+      y[nb + r] = hsum_avx2(tot) + bias;
+    }
+  }
+}
+
+// The same single-row stream with 16-lane vectors (AVX-512F), for CPUs that have it: the 32
+// codes of a block become two vectors (the AVX2 path's vectors 0|1 and 2|3), against the same
+// permuted activations.
+#define MLXNK_AVX512 __attribute__((target("avx512f,avx2,fma")))
+
+template <int BITS>
+MLXNK_AVX512 inline void split32_avx512(const uint8_t* p, __m512 q[2]) {
+  if constexpr (BITS == 8) {
+    q[0] = _mm512_cvtepi32_ps(
+        _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+    q[1] = _mm512_cvtepi32_ps(
+        _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16))));
+  } else if constexpr (BITS == 4) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    q[0] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(v, _mm_set1_epi8(0x0F))));
+    q[1] = _mm512_cvtepi32_ps(
+        _mm512_cvtepu8_epi32(_mm_and_si128(v, _mm_set1_epi8(static_cast<char>(0xF0)))));
+  } else {
+    const __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    const __m128i r01 = _mm_unpacklo_epi64(_mm_and_si128(v, _mm_set1_epi8(0x03)),
+                                           _mm_and_si128(v, _mm_set1_epi8(0x0C)));
+    const __m128i r23 =
+        _mm_unpacklo_epi64(_mm_and_si128(v, _mm_set1_epi8(0x30)),
+                           _mm_and_si128(v, _mm_set1_epi8(static_cast<char>(0xC0))));
+    q[0] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(r01));
+    q[1] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(r23));
+  }
+}
+
+template <int BITS>
+MLXNK_AVX512 void row_stream_avx512(const QMatrix& w, const float* xp, const float* xsum,
+                                    float* y, int64_t n0, int64_t n1, float* sbuf,
+                                    float* bbuf) {
+  const int64_t K = w.K;
+  const int gs = w.group_size;
+  const int64_t G = K / gs;
+  const int64_t rb = K * BITS / 8;
+  const int blocks = gs / 32;
+  constexpr int64_t kRowBatch = 16;
+  for (int64_t nb = n0; nb < n1; nb += kRowBatch) {
+    const int64_t nr = std::min(kRowBatch, n1 - nb);
+    const float* sc = rows_f32(w.scales, w.scale_type, nb, nr, G, sbuf);
+    const float* bi = rows_f32(w.biases, w.bias_type, nb, nr, G, bbuf);
+    for (int64_t r = 0; r < nr; ++r) {
+      const uint8_t* c = w.codes + (nb + r) * rb;
+      const float* s = sc + r * G;
+      const float* b = bi + r * G;
+      __m512 tot = _mm512_setzero_ps();
+      float bias = 0.0f;
+      const float* x = xp;
+      for (int64_t g = 0; g < G; ++g) {
+        _mm_prefetch(reinterpret_cast<const char*>(c) + kPrefetchBytes, _MM_HINT_T0);
+        __m512 q[2];
+        split32_avx512<BITS>(c, q);
+        __m512 acc0 = _mm512_mul_ps(q[0], _mm512_loadu_ps(x));
+        __m512 acc1 = _mm512_mul_ps(q[1], _mm512_loadu_ps(x + 16));
+        c += 4 * BITS;
+        x += 32;
+        for (int j = 1; j < blocks; ++j, c += 4 * BITS, x += 32) {
+          split32_avx512<BITS>(c, q);
+          acc0 = _mm512_fmadd_ps(q[0], _mm512_loadu_ps(x), acc0);
+          acc1 = _mm512_fmadd_ps(q[1], _mm512_loadu_ps(x + 16), acc1);
+        }
+        tot = _mm512_fmadd_ps(_mm512_add_ps(acc0, acc1), _mm512_set1_ps(s[g]), tot);
+        bias += b[g] * xsum[g];
+      }
+      y[nb + r] = _mm512_reduce_add_ps(tot) + bias;
+    }
+  }
+}
+
 // Columns [n0, n1) for MR activation rows: weight rows in blocks of NR (4, 2 or 1 as MR
 // grows, to stay within the 16 vector registers), single rows at the end.
 template <int BITS, int MR, bool EXACT>
@@ -458,7 +643,7 @@ void matvec_split_avx2(const QMatrix& w, const float* x, int64_t ldx, const floa
   matvec_rows_avx2<BITS, MR, true>(w, x, ldx, xsum, y, ldy, split, n1, sbuf, bbuf);
 }
 
-template <int BITS>
+template <int BITS, bool WIDE = false>
 void columns_avx2(const QMatrix& w, const float* x, int64_t ldx, int64_t M, float* y,
                   int64_t ldy, int64_t n0, int64_t n1) {
   const int64_t K = w.K;
@@ -466,6 +651,23 @@ void columns_avx2(const QMatrix& w, const float* x, int64_t ldx, int64_t M, floa
   const int64_t G = K / gs;
   const int64_t rb = K * BITS / 8;
   std::vector<float> sbuf(static_cast<size_t>(kTileRows * G)), bbuf(sbuf.size());
+  if constexpr (BITS == 2 || BITS == 4 || BITS == 8) {
+    if (M == 1) {
+      std::vector<float> xp(static_cast<size_t>(K)), xsum(static_cast<size_t>(G));
+      permute_x<BITS>(x, K, xp.data());
+      for (int64_t g = 0; g < G; ++g) {
+        float t = 0.0f;
+        for (int i = 0; i < gs; ++i) t += x[g * gs + i];
+        xsum[g] = t;
+      }
+      if constexpr (WIDE) {
+        row_stream_avx512<BITS>(w, xp.data(), xsum.data(), y, n0, n1, sbuf.data(), bbuf.data());
+      } else {
+        row_stream_avx2<BITS>(w, xp.data(), xsum.data(), y, n0, n1, sbuf.data(), bbuf.data());
+      }
+      return;
+    }
+  }
   if (M <= kMatvecRows) {
     // Rows near the end of the buffer are read with exact-size loads.
     int64_t split = n1;
@@ -617,6 +819,10 @@ template <int B>
 struct PickAvx2 {
   static constexpr ColumnsFn fn = columns_avx2<B>;
 };
+template <int B>
+struct PickAvx512 {
+  static constexpr ColumnsFn fn = columns_avx2<B, true>;
+};
 #endif
 #if defined(MLXNK_NEON)
 template <int B>
@@ -631,12 +837,14 @@ Isa isa_from_env() {
   const std::string s(v);
   if (s == "portable") return Isa::Portable;
   if (s == "avx2") return Isa::Avx2;
+  if (s == "avx512") return Isa::Avx512;
   if (s == "neon") return Isa::Neon;
   return Isa::Default;  // "auto", "" or anything else
 }
 
 Isa best_isa() {
 #if defined(MLXNK_X86)
+  if (isa_available(Isa::Avx512)) return Isa::Avx512;
   if (isa_available(Isa::Avx2)) return Isa::Avx2;
 #endif
 #if defined(MLXNK_NEON)
@@ -658,6 +866,18 @@ bool isa_available(Isa isa) {
       static const bool ok = [] {
         __builtin_cpu_init();
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+      }();
+      return ok;
+    }
+#else
+      return false;
+#endif
+    case Isa::Avx512:
+#if defined(MLXNK_X86)
+    {
+      static const bool ok = [] {
+        __builtin_cpu_init();
+        return isa_available(Isa::Avx2) && __builtin_cpu_supports("avx512f");
       }();
       return ok;
     }
@@ -696,6 +916,9 @@ void qmm_columns(Isa isa, const QMatrix& w, const float* x, int64_t ldx, int64_t
 #if defined(MLXNK_X86)
     case Isa::Avx2:
       fn = by_bits<PickAvx2>(w.bits);
+      break;
+    case Isa::Avx512:
+      fn = by_bits<PickAvx512>(w.bits);
       break;
 #endif
 #if defined(MLXNK_NEON)

@@ -6,6 +6,9 @@
 //!   true)` in affine mode, 2/3/4/5/6/8 bits, groups 32/64/128.
 //! * [`gather_qmm`]: the same per gathered matrix, like MLX's `gather_qmm` (mixture-of-experts
 //!   banks, `rhs_indices` = the experts of each token).
+//! * [`gated_delta`]: a Gated DeltaNet layer's whole mixing between its input projections and
+//!   out_proj (conv, norms, gates, the delta rule over all tokens, the gated RMSNorm) in
+//!   float32, as one node with three outputs.
 //!
 //! Both build lazy graph nodes (MLX evaluates them with `eval`/`async_eval` like its own ops)
 //! and return `Ok(None)` when they do not handle a call: a stream on another device than the
@@ -13,8 +16,9 @@
 //! reports shape errors in MLX's words.
 //!
 //! Run-time knobs: `MLX_NODE_KERNELS=0` ([`enabled`] is false; for callers to compare),
-//! `MLX_NODE_KERNELS_ISA=portable|avx2|neon|auto` (the default ISA; AVX2+FMA is used when the
-//! CPU has it) and `MLX_NODE_THREADS` (threads of the pool, default one per available CPU).
+//! `MLX_NODE_KERNELS_ISA=portable|avx2|avx512|neon|auto` (the default ISA: the best the CPU
+//! has, AVX-512F over AVX2+FMA) and `MLX_NODE_THREADS` (threads of the pool, default one per
+//! available CPU).
 
 use std::ffi::CStr;
 use std::fmt;
@@ -52,6 +56,18 @@ mod ffi {
             isa: i32,
             stream: mlx_stream,
         ) -> i32;
+        #[allow(clippy::too_many_arguments)]
+        pub fn mlxnk_gated_delta(
+            y: *mut mlx_array,
+            conv_state: *mut mlx_array,
+            state: *mut mlx_array,
+            inputs: *const mlx_array,
+            key_heads: i32,
+            value_heads: i32,
+            eps: f32,
+            isa: i32,
+            stream: mlx_stream,
+        ) -> i32;
         pub fn mlxnk_last_error() -> *const std::ffi::c_char;
         pub fn mlxnk_resolve_isa(isa: i32) -> i32;
         pub fn mlxnk_threads() -> i32;
@@ -70,6 +86,8 @@ pub enum Isa {
     Avx2 = 2,
     /// NEON (aarch64).
     Neon = 3,
+    /// AVX2 + FMA, with AVX-512F vectors in the single-row matvec (x86_64 CPUs that have it).
+    Avx512 = 4,
 }
 
 impl Isa {
@@ -79,8 +97,17 @@ impl Isa {
         match unsafe { ffi::mlxnk_resolve_isa(self as i32) } {
             2 => Isa::Avx2,
             3 => Isa::Neon,
+            4 => Isa::Avx512,
             _ => Isa::Portable,
         }
+    }
+
+    /// Every ISA this machine runs, the portable one first.
+    pub fn available() -> Vec<Isa> {
+        [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Neon]
+            .into_iter()
+            .filter(|isa| isa.resolved() == *isa)
+            .collect()
     }
 
     pub fn name(self) -> &'static str {
@@ -89,6 +116,7 @@ impl Isa {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
             Isa::Neon => "neon",
+            Isa::Avx512 => "avx512",
         }
     }
 }
@@ -244,5 +272,93 @@ pub fn gather_qmm_isa(
             stream.as_ptr(),
         );
         finish(status, res)
+    }
+}
+
+/// The inputs of [`gated_delta`], all float32; C = 2·Hk·dk + Hv·dv.
+pub struct GatedDeltaInputs<'a> {
+    /// `[B, T, C]` in_proj_qkv output.
+    pub qkv: &'a Array,
+    /// `[B, T, Hv·dv]` in_proj_z output.
+    pub z: &'a Array,
+    /// `[B, T, Hv]` in_proj_a output.
+    pub a: &'a Array,
+    /// `[B, T, Hv]` in_proj_b output.
+    pub b: &'a Array,
+    /// `[C, K]` depthwise conv taps, the last one for the newest input.
+    pub conv_weight: &'a Array,
+    /// `[B, K − 1, C]` the previous inputs (zeros at the start).
+    pub conv_state: &'a Array,
+    /// `[Hv]` −exp(A_log).
+    pub neg_a: &'a Array,
+    /// `[Hv]`.
+    pub dt_bias: &'a Array,
+    /// `[dv]` the per-head RMSNorm weight.
+    pub norm_weight: &'a Array,
+    /// `[B, Hv, dk, dv]` the recurrent state.
+    pub state: &'a Array,
+    pub key_heads: i32,
+    pub value_heads: i32,
+    pub eps: f32,
+}
+
+/// What [`gated_delta`] computes.
+pub struct GatedDeltaOutputs {
+    /// `[B, T, Hv·dv]` `rms_norm(o)·w·silu(z)`, the input of out_proj.
+    pub y: Array,
+    /// `[B, K − 1, C]` the last K − 1 inputs.
+    pub conv_state: Array,
+    /// `[B, Hv, dk, dv]`.
+    pub state: Array,
+}
+
+/// A Gated DeltaNet layer's mixing on the CPU (see `csrc/gated_delta.cpp` for the math);
+/// `Ok(None)` when not handled here: another device, or an input not float32 or not of the
+/// shapes above.
+pub fn gated_delta(inputs: &GatedDeltaInputs, isa: Isa) -> Result<Option<GatedDeltaOutputs>> {
+    let stream = Stream::thread_local_or_default();
+    let arrays = [
+        inputs.qkv,
+        inputs.z,
+        inputs.a,
+        inputs.b,
+        inputs.conv_weight,
+        inputs.conv_state,
+        inputs.neg_a,
+        inputs.dt_bias,
+        inputs.norm_weight,
+        inputs.state,
+    ]
+    .map(Array::as_ptr);
+    // SAFETY: every handle is a live array/stream; on success the function writes three new
+    // handles, which we take ownership of; on failure the fresh handles are freed by finish.
+    unsafe {
+        let (mut y, mut conv, mut state) = (
+            mlx_sys::mlx_array_new(),
+            mlx_sys::mlx_array_new(),
+            mlx_sys::mlx_array_new(),
+        );
+        let status = ffi::mlxnk_gated_delta(
+            &mut y,
+            &mut conv,
+            &mut state,
+            arrays.as_ptr(),
+            inputs.key_heads,
+            inputs.value_heads,
+            inputs.eps,
+            isa as i32,
+            stream.as_ptr(),
+        );
+        let y = finish(status, y)?;
+        let conv = finish(status, conv)?;
+        let state = finish(status, state)?;
+        Ok(match (y, conv, state) {
+            (Some(y), Some(conv_state), Some(state)) => Some(GatedDeltaOutputs {
+                y,
+                conv_state,
+                state,
+            }),
+            _ => None,
+        })
     }
 }
