@@ -1,6 +1,8 @@
 // A persistent thread pool for the kernels: pool_threads() - 1 workers plus the calling thread
-// (MLX's stream thread, which runs our primitives' tasks). Workers spin for a few tens of
-// microseconds after a job, then sleep on a condition variable.
+// (MLX's stream thread, which runs our primitives' tasks). Workers spin for a few hundred
+// microseconds after a job, then sleep on a condition variable: a decode step runs a job every
+// few tens of microseconds (each linear, each Gated DeltaNet layer), and waking a sleeping
+// worker costs about as much as a small job.
 
 #include "kernels.h"
 
@@ -110,7 +112,9 @@ class Pool {
       const auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(400);
       while (generation_.load(std::memory_order_acquire) == seen &&
              std::chrono::steady_clock::now() < spin_until) {
-        cpu_relax();
+        for (int i = 0; i < 16; ++i) cpu_relax();
+        // The thread building the next graph may be waiting for this core.
+        std::this_thread::yield();
       }
       Job* job = nullptr;
       {

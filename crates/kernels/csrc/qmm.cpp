@@ -104,8 +104,10 @@ const float* rows_f32(const void* base, FType t, int64_t row0, int64_t nrows, in
     case FType::F32:
       return static_cast<const float*>(base) + first;
     case FType::BF16: {
+      // bfloat16 is the top half of a float32: a shift the compiler vectorises.
       const uint16_t* p = static_cast<const uint16_t*>(base) + first;
-      for (int64_t i = 0; i < count; ++i) scratch[i] = bf16_to_f32(p[i]);
+      uint32_t* out = reinterpret_cast<uint32_t*>(scratch);
+      for (int64_t i = 0; i < count; ++i) out[i] = static_cast<uint32_t>(p[i]) << 16;
       return scratch;
     }
     case FType::F16: {
@@ -612,6 +614,37 @@ MLXNK_AVX512 void row_stream_avx512(const QMatrix& w, const float* xp, const flo
   }
 }
 
+// The many-row microkernel with 16-lane vectors: a tile row of 16 weight columns is one
+// vector, so up to 12 activation rows share each tile load.
+template <int MR>
+MLXNK_AVX512 void micro_avx512(const float* x, int64_t ldx, const float* tile, int64_t kc,
+                               float* y, int64_t ldy, int64_t nt, bool first) {
+  __m512 acc[MR];
+#pragma GCC unroll 12
+  for (int m = 0; m < MR; ++m) acc[m] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m512 t = _mm512_loadu_ps(tile + k * kTileRows);
+#pragma GCC unroll 12
+    for (int m = 0; m < MR; ++m) {
+      acc[m] = _mm512_fmadd_ps(_mm512_set1_ps(x[m * ldx + k]), t, acc[m]);
+    }
+  }
+  const __mmask16 keep = nt >= kTileRows ? static_cast<__mmask16>(0xFFFF)
+                                         : static_cast<__mmask16>((1u << nt) - 1);
+#pragma GCC unroll 12
+  for (int m = 0; m < MR; ++m) {
+    float* ym = y + m * ldy;
+    const __m512 sum = first ? acc[m] : _mm512_add_ps(_mm512_maskz_loadu_ps(keep, ym), acc[m]);
+    _mm512_mask_storeu_ps(ym, keep, sum);
+  }
+}
+
+constexpr int kMicroRows512 = 12;
+const MicroFn kMicroAvx512[kMicroRows512] = {
+    micro_avx512<1>, micro_avx512<2>, micro_avx512<3>,  micro_avx512<4>,
+    micro_avx512<5>, micro_avx512<6>, micro_avx512<7>,  micro_avx512<8>,
+    micro_avx512<9>, micro_avx512<10>, micro_avx512<11>, micro_avx512<12>};
+
 // Columns [n0, n1) for MR activation rows: weight rows in blocks of NR (4, 2 or 1 as MR
 // grows, to stay within the 16 vector registers), single rows at the end.
 template <int BITS, int MR, bool EXACT>
@@ -722,9 +755,11 @@ void columns_avx2(const QMatrix& w, const float* x, int64_t ldx, int64_t M, floa
       } else {
         dequant_tile_avx2<BITS, false>(ck, rb, s + g0, b + g0, G, nt, kc, gs, tile.data());
       }
-      for (int64_t m0 = 0; m0 < M; m0 += kMicroRows) {
-        const int64_t mr = std::min<int64_t>(kMicroRows, M - m0);
-        kMicroAvx2[mr - 1](x + m0 * ldx + k0, ldx, tile.data(), kc, y + m0 * ldy + nb, ldy, nt,
+      constexpr int64_t rows_per_micro = WIDE ? kMicroRows512 : kMicroRows;
+      const MicroFn* micro = WIDE ? kMicroAvx512 : kMicroAvx2;
+      for (int64_t m0 = 0; m0 < M; m0 += rows_per_micro) {
+        const int64_t mr = std::min<int64_t>(rows_per_micro, M - m0);
+        micro[mr - 1](x + m0 * ldx + k0, ldx, tile.data(), kc, y + m0 * ldy + nb, ldy, nt,
                            k0 == 0);
       }
     }
