@@ -4,9 +4,11 @@
 use std::env;
 use std::path::PathBuf;
 
-const SOURCES: [&str; 4] = [
+const SOURCES: [&str; 6] = [
+    "csrc/attention.cpp",
     "csrc/qmm.cpp",
     "csrc/gated_delta.cpp",
+    "csrc/pointwise.cpp",
     "csrc/pool.cpp",
     "csrc/primitives.cpp",
 ];

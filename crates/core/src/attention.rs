@@ -3,14 +3,15 @@
 //! NeoX-style RoPE, keys/values are grouped over fewer heads (GQA), and the attention output is
 //! multiplied by `sigmoid(gate)` before o_proj.
 
+use mlx_node_kernels::Isa;
 use mlx_rs::fast::{rope, scaled_dot_product_attention, ScaledDotProductAttentionMask};
-use mlx_rs::ops::sigmoid;
 use mlx_rs::Array;
 
+use crate::activation::sigmoid_mul;
 use crate::cache::KvCache;
 use crate::config::ModelConfig;
 use crate::error::Result;
-use crate::linear::{slice_axis, Linear};
+use crate::linear::{kernel, slice_axis, Linear};
 use crate::norm::RmsNorm;
 use crate::tap::{Proj, Tap};
 use crate::weights::WeightStore;
@@ -105,13 +106,21 @@ impl GatedAttention {
         let (q, k) = (rotate(q?)?, rotate(k?)?);
         let (keys, values) = cache.extend(k, v?)?;
         let scale = (hd as f32).powf(-0.5);
-        // MLX's causal mask lines the queries up with the last keys, as a cache needs.
-        let mask = (t > 1).then_some(ScaledDotProductAttentionMask::Causal);
-        let o = scaled_dot_product_attention(q, keys, values, scale, mask, None)?;
+        // Both causal masks line the queries up with the last keys, as a cache needs.
+        let causal = t > 1;
+        let o = match kernel(|| {
+            mlx_node_kernels::attention(&q, &keys, &values, scale, causal, Isa::Default)
+        })? {
+            Some(o) => o,
+            None => {
+                let mask = causal.then_some(ScaledDotProductAttentionMask::Causal);
+                scaled_dot_product_attention(q, keys, values, scale, mask, None)?
+            }
+        };
         let o = o
             .transpose_axes(&[0, 2, 1, 3])?
-            .reshape(&[b, t, self.heads * hd])?
-            .multiply(sigmoid(&gate)?)?;
+            .reshape(&[b, t, self.heads * hd])?;
+        let o = sigmoid_mul(&o, &gate)?;
         tap.linear(&[Proj::OProj], &o)?;
         self.o_proj.forward(&o)
     }

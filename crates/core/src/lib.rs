@@ -2,10 +2,11 @@
 //!
 //! Layers, each using only those before it: `error` and `runtime`; `config` (config.json) and
 //! `safetensors` (file headers); `weights` (tensor names and layouts); the building blocks
-//! `linear`, `norm`, `attention`, `gated_delta`, `mlp` (with `tap`, which lets a caller see the
+//! `linear`, `norm`, `activation`, `attention`, `gated_delta`, `mlp` (with `tap`, which lets a caller see the
 //! inputs of their linears); `cache`; `model`; `generate`; and `worker`, the thread a loaded model lives on.
 //! The Node addon (the workspace's root crate) only translates types and errors.
 
+pub mod activation;
 pub mod attention;
 pub mod cache;
 pub mod chat;

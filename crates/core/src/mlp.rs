@@ -6,6 +6,7 @@ use mlx_rs::ops::indexing::take_along_axis;
 use mlx_rs::ops::{argpartition_axis, sigmoid, softmax_axis};
 use mlx_rs::{Array, Dtype};
 
+use crate::activation::silu_mul;
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::linear::{slice_axis, ExpertBank, Linear};
@@ -39,7 +40,7 @@ impl SwiGlu {
         if !reads.is_empty() {
             tap.linear(reads, x)?;
         }
-        let h = mlx_rs::nn::silu(self.gate_proj.forward(x)?)?.multiply(self.up_proj.forward(x)?)?;
+        let h = silu_mul(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?;
         tap.linear(&[reads_down], &h)?;
         self.down_proj.forward(&h)
     }
@@ -123,7 +124,7 @@ impl SparseMoe {
         let rows = flat.reshape(&[tokens, 1, 1, hidden])?;
         let g = self.gate.forward(&rows, &experts)?;
         let u = self.up.forward(&rows, &experts)?;
-        let h = mlx_rs::nn::silu(g)?.multiply(u)?;
+        let h = silu_mul(&g, &u)?;
         tap.experts(&[Proj::ExpertsDown], &h, &experts)?;
         let y = self.down.forward(&h, &experts)?.squeeze_axes(&[-2])?;
         let routed = y

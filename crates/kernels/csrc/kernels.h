@@ -64,6 +64,27 @@ struct DeltaArgs {
 // Runs the mixing (see gated_delta.cpp) over the pool; `isa` resolved.
 void gated_delta(Isa isa, const DeltaArgs& args);
 
+// Scaled dot-product attention (attention.cpp), row-major float32: q [B, Hq, T, D],
+// k [B, Hkv, L, D], v [B, Hkv, L, Dv], o [B, Hq, T, Dv]; causal: the queries are the last T of
+// the L positions.
+struct AttentionArgs {
+  const float* q;
+  const float* k;
+  const float* v;
+  float* o;
+  int64_t B, Hq, Hkv, T, L, D, Dv;
+  float scale;
+  bool causal;
+};
+void attention(Isa isa, const AttentionArgs& args);
+
+// Float32 row and element ops (pointwise.cpp), spread over the pool when large.
+// y[r, :] = x[r, :] · (mean(x[r, :]²) + eps)^-½ · w for `rows` rows of D.
+void rms_norm(const float* x, const float* w, float eps, int64_t rows, int64_t D, float* y);
+enum class PointwiseOp : int { SiluMul = 0, SigmoidMul = 1 };
+// SiluMul: y = a · sigmoid(a) · b; SigmoidMul: y = a · sigmoid(b); n elements each.
+void pointwise(PointwiseOp op, const float* a, const float* b, int64_t n, float* y);
+
 // What a request runs as here: Default picks MLX_NODE_KERNELS_ISA (portable/avx2/neon/auto)
 // or the best this CPU has; an ISA this build or CPU lacks becomes Portable.
 Isa resolve_isa(Isa requested);

@@ -494,6 +494,117 @@ class GatedDeltaCpu : public mx::Primitive {
   Isa isa_;
 };
 
+
+// rms_norm (inputs x, w; op < 0) or a PointwiseOp (inputs a, b), float32.
+class PointwiseCpu : public mx::UnaryPrimitive {
+ public:
+  PointwiseCpu(mx::Stream stream, int op, float eps)
+      : mx::UnaryPrimitive(stream), op_(op), eps_(eps) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (const auto& in : inputs) encoder.set_input_array(in);
+    encoder.set_output_array(out);
+    encoder.dispatch([out = mx::array::unsafe_weak_copy(out),
+                      a = mx::array::unsafe_weak_copy(inputs[0]),
+                      b = mx::array::unsafe_weak_copy(inputs[1]), op = op_,
+                      eps = eps_]() mutable {
+      std::vector<float> abuf, bbuf;
+      const float* pa = as_f32(a, abuf);
+      const float* pb = as_f32(b, bbuf);
+      float* y = out.data<float>();
+      if (op < 0) {
+        const int64_t D = a.shape(-1);
+        rms_norm(pa, pb, eps, D == 0 ? 0 : static_cast<int64_t>(a.size()) / D, D, y);
+      } else {
+        pointwise(static_cast<PointwiseOp>(op), pa, pb, static_cast<int64_t>(a.size()), y);
+      }
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error(
+        "[mlx-node kernels] Pointwise runs on CPU streams only; use MLX's ops on other devices");
+  }
+
+  const char* name() const override { return "MlxNodePointwise"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto* o = dynamic_cast<const PointwiseCpu*>(&other);
+    return o != nullptr && o->op_ == op_ && o->eps_ == eps_;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {inputs[0].shape()};
+  }
+
+ private:
+  int op_;
+  float eps_;
+};
+
+
+// Inputs q, k, v (float32); output o like MLX's scaled_dot_product_attention.
+class AttentionCpu : public mx::UnaryPrimitive {
+ public:
+  AttentionCpu(mx::Stream stream, float scale, bool causal, Isa isa)
+      : mx::UnaryPrimitive(stream), scale_(scale), causal_(causal), isa_(isa) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (const auto& in : inputs) encoder.set_input_array(in);
+    encoder.set_output_array(out);
+    encoder.dispatch([out = mx::array::unsafe_weak_copy(out),
+                      q = mx::array::unsafe_weak_copy(inputs[0]),
+                      k = mx::array::unsafe_weak_copy(inputs[1]),
+                      v = mx::array::unsafe_weak_copy(inputs[2]), scale = scale_,
+                      causal = causal_, isa = isa_]() mutable {
+      std::vector<float> qbuf, kbuf, vbuf;
+      AttentionArgs a{};
+      a.q = as_f32(q, qbuf);
+      a.k = as_f32(k, kbuf);
+      a.v = as_f32(v, vbuf);
+      a.o = out.data<float>();
+      a.B = q.shape(0);
+      a.Hq = q.shape(1);
+      a.T = q.shape(2);
+      a.D = q.shape(3);
+      a.Hkv = k.shape(1);
+      a.L = k.shape(2);
+      a.Dv = v.shape(3);
+      a.scale = scale;
+      a.causal = causal;
+      attention(isa, a);
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error(
+        "[mlx-node kernels] Attention runs on CPU streams only; use MLX's "
+        "scaled_dot_product_attention on other devices");
+  }
+
+  const char* name() const override { return "MlxNodeAttention"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto* o = dynamic_cast<const AttentionCpu*>(&other);
+    return o != nullptr && o->scale_ == scale_ && o->causal_ == causal_ && o->isa_ == isa_;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    auto shape = inputs[0].shape();
+    shape.back() = inputs[2].shape(-1);
+    return {shape};
+  }
+
+ private:
+  float scale_;
+  bool causal_;
+  Isa isa_;
+};
+
 // ---------------------------------------------------------------------------------------------
 // Graph construction.
 
@@ -646,6 +757,50 @@ int gated_delta_op(mlx_array* y_out, mlx_array* conv_out, mlx_array* state_out,
   return kOk;
 }
 
+// op < 0: rms_norm(a, w = b, eps) over a's last axis; else the PointwiseOp of a and b (same
+// shapes). Not handled unless float32 on a CPU stream.
+int pointwise_op(mlx_array* res, int op, mlx_array a_in, mlx_array b_in, float eps,
+                 mlx_stream stream_in) {
+  const mx::Stream stream = mlx_stream_get_(stream_in);
+  if (stream.device.type != mx::Device::DeviceType::cpu) return kNotHandled;
+  if (a_in.ctx == nullptr || b_in.ctx == nullptr || op > 1) return kNotHandled;
+  const mx::array& a = mlx_array_get_(a_in);
+  const mx::array& b = mlx_array_get_(b_in);
+  if (a.dtype() != mx::float32 || b.dtype() != mx::float32 || a.ndim() < 1) return kNotHandled;
+  const bool shapes_ok = op < 0 ? (b.ndim() == 1 && b.shape(0) == a.shape(-1)) : a.shape() == b.shape();
+  if (!shapes_ok) return kNotHandled;
+  mlx_array_set_(*res, mx::array(a.shape(), mx::float32,
+                                 std::make_shared<PointwiseCpu>(stream, op, eps), {a, b}));
+  return kOk;
+}
+
+// q [B, Hq, T, D], k [B, Hkv, L, D], v [B, Hkv, L, Dv], Hq a multiple of Hkv, T ≤ L when
+// causal; not handled otherwise or unless float32 on a CPU stream.
+int attention_op(mlx_array* res, mlx_array q_in, mlx_array k_in, mlx_array v_in, float scale,
+                 int causal, int isa, mlx_stream stream_in) {
+  const mx::Stream stream = mlx_stream_get_(stream_in);
+  if (stream.device.type != mx::Device::DeviceType::cpu) return kNotHandled;
+  if (q_in.ctx == nullptr || k_in.ctx == nullptr || v_in.ctx == nullptr) return kNotHandled;
+  const mx::array& q = mlx_array_get_(q_in);
+  const mx::array& k = mlx_array_get_(k_in);
+  const mx::array& v = mlx_array_get_(v_in);
+  for (const auto* a : {&q, &k, &v}) {
+    if (a->dtype() != mx::float32 || a->ndim() != 4) return kNotHandled;
+  }
+  const bool ok = k.shape(0) == q.shape(0) && v.shape(0) == q.shape(0) &&
+                  k.shape(3) == q.shape(3) && v.shape(1) == k.shape(1) &&
+                  v.shape(2) == k.shape(2) && k.shape(1) > 0 && q.shape(1) % k.shape(1) == 0 &&
+                  k.shape(2) > 0 && (causal == 0 || q.shape(2) <= k.shape(2));
+  if (!ok) return kNotHandled;
+  auto shape = q.shape();
+  shape.back() = v.shape(3);
+  mlx_array_set_(*res, mx::array(std::move(shape), mx::float32,
+                                 std::make_shared<AttentionCpu>(stream, scale, causal != 0,
+                                                                isa_arg(isa)),
+                                 {q, k, v}));
+  return kOk;
+}
+
 template <class F>
 int guarded(F&& f) {
   try {
@@ -697,6 +852,20 @@ int mlxnk_gated_delta(mlx_array* y, mlx_array* conv_state, mlx_array* state,
     return mlxnk::gated_delta_op(y, conv_state, state, inputs, key_heads, value_heads, eps, isa,
                                  stream);
   });
+}
+
+// op −1: rms_norm(x = a, weight = b, eps) over the last axis; 0: a · sigmoid(a) · b;
+// 1: a · sigmoid(b). Float32 only.
+int mlxnk_pointwise(mlx_array* res, int op, mlx_array a, mlx_array b, float eps,
+                    mlx_stream stream) {
+  return mlxnk::guarded([&] { return mlxnk::pointwise_op(res, op, a, b, eps, stream); });
+}
+
+// scaled_dot_product_attention(q, k, v, scale, mask = causal ? "causal" : none), float32.
+int mlxnk_attention(mlx_array* res, mlx_array q, mlx_array k, mlx_array v, float scale,
+                    int causal, int isa, mlx_stream stream) {
+  return mlxnk::guarded(
+      [&] { return mlxnk::attention_op(res, q, k, v, scale, causal, isa, stream); });
 }
 
 // The message of this thread's last error (valid until its next call).

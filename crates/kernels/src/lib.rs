@@ -6,6 +6,8 @@
 //!   true)` in affine mode, 2/3/4/5/6/8 bits, groups 32/64/128.
 //! * [`gather_qmm`]: the same per gathered matrix, like MLX's `gather_qmm` (mixture-of-experts
 //!   banks, `rhs_indices` = the experts of each token).
+//! * [`attention`]: MLX's `scaled_dot_product_attention` (no mask or causal), float32.
+//! * [`rms_norm`], [`silu_mul`], [`sigmoid_mul`]: the per-layer row and element ops, float32.
 //! * [`gated_delta`]: a Gated DeltaNet layer's whole mixing between its input projections and
 //!   out_proj (conv, norms, gates, the delta rule over all tokens, the gated RMSNorm) in
 //!   float32, as one node with three outputs.
@@ -65,6 +67,25 @@ mod ffi {
             key_heads: i32,
             value_heads: i32,
             eps: f32,
+            isa: i32,
+            stream: mlx_stream,
+        ) -> i32;
+        pub fn mlxnk_pointwise(
+            res: *mut mlx_array,
+            op: i32,
+            a: mlx_array,
+            b: mlx_array,
+            eps: f32,
+            stream: mlx_stream,
+        ) -> i32;
+        #[allow(clippy::too_many_arguments)]
+        pub fn mlxnk_attention(
+            res: *mut mlx_array,
+            q: mlx_array,
+            k: mlx_array,
+            v: mlx_array,
+            scale: f32,
+            causal: i32,
             isa: i32,
             stream: mlx_stream,
         ) -> i32;
@@ -360,5 +381,60 @@ pub fn gated_delta(inputs: &GatedDeltaInputs, isa: Isa) -> Result<Option<GatedDe
             }),
             _ => None,
         })
+    }
+}
+
+fn pointwise(op: i32, a: &Array, b: &Array, eps: f32) -> Result<Option<Array>> {
+    let stream = Stream::thread_local_or_default();
+    // SAFETY: live handles; the function writes a new handle to res.
+    unsafe {
+        let mut res = mlx_sys::mlx_array_new();
+        let status =
+            ffi::mlxnk_pointwise(&mut res, op, a.as_ptr(), b.as_ptr(), eps, stream.as_ptr());
+        finish(status, res)
+    }
+}
+
+/// `x · (mean(x²) + eps)^-½ · weight` over the last axis (MLX's `fast::rms_norm`), float32.
+pub fn rms_norm(x: &Array, weight: &Array, eps: f32) -> Result<Option<Array>> {
+    pointwise(-1, x, weight, eps)
+}
+
+/// `a · sigmoid(a) · b` (SwiGLU's `silu(gate) · up`), float32, equal shapes.
+pub fn silu_mul(a: &Array, b: &Array) -> Result<Option<Array>> {
+    pointwise(0, a, b, 0.0)
+}
+
+/// `x · sigmoid(gate)`, float32, equal shapes.
+pub fn sigmoid_mul(x: &Array, gate: &Array) -> Result<Option<Array>> {
+    pointwise(1, x, gate, 0.0)
+}
+
+/// `softmax(scale · q kᵀ [+ causal mask]) v` like MLX's `scaled_dot_product_attention`:
+/// q `[B, Hq, T, D]`, k `[B, Hkv, L, D]`, v `[B, Hkv, L, Dv]` (query head h reads key head
+/// h / (Hq / Hkv)); `causal` lines the T queries up with the last T keys. Float32.
+pub fn attention(
+    q: &Array,
+    k: &Array,
+    v: &Array,
+    scale: f32,
+    causal: bool,
+    isa: Isa,
+) -> Result<Option<Array>> {
+    let stream = Stream::thread_local_or_default();
+    // SAFETY: live handles; the function writes a new handle to res.
+    unsafe {
+        let mut res = mlx_sys::mlx_array_new();
+        let status = ffi::mlxnk_attention(
+            &mut res,
+            q.as_ptr(),
+            k.as_ptr(),
+            v.as_ptr(),
+            scale,
+            i32::from(causal),
+            isa as i32,
+            stream.as_ptr(),
+        );
+        finish(status, res)
     }
 }
