@@ -1,5 +1,6 @@
 // `npm run bench [-- --quick] [-- --size small|0.8b] [-- --llama | --no-llama]
-//   [-- --runners ours,llama.cpp,mlx-lm-f32,mlx-lm-bf16] [-- --folders original,ud3,ud4,q4-ours,mlx-q4,mlx-mixed36]`: ours against mlx-lm and llama.cpp on the
+//   [-- --runners ours,llama.cpp,mlx-lm-f32,mlx-lm-bf16] [-- --folders original,ud3,ud4,q4-ours,mlx-q4,mlx-mixed36]
+//   [-- --prompt N] [-- --decode N]`: ours against mlx-lm and llama.cpp on the
 // same checkpoint, in one run, alternating them; every figure is a ratio measured in this run.
 //
 // Prepared once, cached in .mlx/bench/: a random Qwen3.5 checkpoint from our generator (the
@@ -40,8 +41,17 @@ const sizeAt = args.indexOf('--size')
 const size = sizeAt >= 0 ? args[sizeAt + 1] : 'small'
 if (!['small', '0.8b'].includes(size)) fail(`--size must be small or 0.8b, not ${size}`)
 const big = size === '0.8b'
-const promptTokens = quick || big ? 16 : 128
-const decodeTokens = quick || big ? 8 : 32
+// --prompt N / --decode N override the token counts (the 0.8B defaults are short for mlx-lm's
+// sake; llama.cpp comparisons want the 128-token prefill).
+const countArg = (name, fallback) => {
+  const at = args.indexOf(name)
+  if (at < 0) return fallback
+  const n = Number(args[at + 1])
+  if (!Number.isInteger(n) || n < 1) fail(`${name} takes a positive whole number, not ${args[at + 1]}`)
+  return n
+}
+const promptTokens = countArg('--prompt', quick || big ? 16 : 128)
+const decodeTokens = countArg('--decode', quick || big ? 8 : 32)
 // mlx-lm in bf16 runs below 1 token/s on this CPU for larger shapes: fewer tokens there.
 const bf16Prompt = Math.min(promptTokens, 16)
 const bf16Decode = Math.min(decodeTokens, 8)
