@@ -6,8 +6,9 @@
 //! primitives with AVX2/NEON, multi-threaded); `MLX_NODE_KERNELS=0` turns them off, and
 //! whatever they do not handle (other devices, shapes) goes to MLX's own ops.
 
+use mlx_node_kernels::Isa;
 use mlx_rs::ops::{dequantize, gather_mm, gather_qmm, quantized_matmul};
-use mlx_rs::Array;
+use mlx_rs::{Array, Dtype};
 
 use crate::config::QuantParams;
 use crate::error::{Error, ErrorCode, Result};
@@ -48,7 +49,12 @@ pub struct Linear(pub Weight);
 impl Linear {
     pub fn forward(&self, x: &Array) -> Result<Array> {
         Ok(match &self.0 {
-            Weight::Dense(w) => x.matmul(w.t())?,
+            Weight::Dense(w) => {
+                match kernel(|| mlx_node_kernels::dense_matmul(x, w, Isa::Default))? {
+                    Some(y) => y,
+                    None => x.matmul(w.as_dtype(x.dtype())?.t())?,
+                }
+            }
             Weight::Quantized {
                 codes,
                 scales,
@@ -72,9 +78,10 @@ impl Linear {
 pub struct Embedding(pub Weight);
 
 impl Embedding {
-    pub fn lookup(&self, ids: &Array) -> Result<Array> {
+    /// The rows `ids`, in `dtype`.
+    pub fn lookup(&self, ids: &Array, dtype: Dtype) -> Result<Array> {
         Ok(match &self.0 {
-            Weight::Dense(w) => w.take_axis(ids, 0)?,
+            Weight::Dense(w) => w.take_axis(ids, 0)?.as_dtype(dtype)?,
             Weight::Quantized {
                 codes,
                 scales,
@@ -105,7 +112,13 @@ impl ExpertBank {
     /// Returns `[N, k, 1, out]`.
     pub fn forward(&self, x: &Array, experts: &Array) -> Result<Array> {
         Ok(match &self.0 {
-            Weight::Dense(w) => gather_mm(x, w.swap_axes(-1, -2)?, None, experts, false)?,
+            Weight::Dense(w) => gather_mm(
+                x,
+                w.as_dtype(x.dtype())?.swap_axes(-1, -2)?,
+                None,
+                experts,
+                false,
+            )?,
             Weight::Quantized {
                 codes,
                 scales,

@@ -146,7 +146,7 @@ impl Qwen35 {
             );
         }
         let t = tokens.shape()[1];
-        let mut h = self.embed.lookup(tokens)?;
+        let mut h = self.embed.lookup(tokens, self.dtype)?;
         for (i, (layer, state)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
             tap.set_layer(i);
             let x = layer.input_norm.forward(&h)?;

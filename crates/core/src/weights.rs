@@ -190,6 +190,19 @@ impl WeightStore {
         self.keep(self.read(name, self.dtype)?)
     }
 
+    /// A dense matrix for `x · wᵀ`: with float32 activations a 16-bit matrix stays as stored
+    /// (our CPU kernel widens it exactly as it reads it, at half the bytes of a float32 copy;
+    /// linear.rs converts it for MLX's own ops); otherwise in the compute dtype.
+    fn matmul_operand(&self, name: &str, shape: &[usize]) -> Result<Array> {
+        self.check_shape(name, shape)?;
+        let (file, info, in_file) = self.entry(name)?;
+        let narrow = matches!(info.dtype, StDtype::BF16 | StDtype::F16);
+        if self.dtype == Dtype::Float32 && narrow {
+            return self.keep(file.read(in_file, None)?);
+        }
+        self.keep(self.read(name, self.dtype)?)
+    }
+
     /// A float tensor kept in float32 whatever the compute dtype (A_log, dt_bias).
     pub fn tensor_f32(&self, name: &str, shape: &[usize]) -> Result<Array> {
         self.check_shape(name, shape)?;
@@ -244,7 +257,7 @@ impl WeightStore {
         let mut full = lead.to_vec();
         full.extend([outputs, inputs]);
         if !self.contains(&scales) {
-            return Ok(Weight::Dense(self.tensor(&weight, &full)?));
+            return Ok(Weight::Dense(self.matmul_operand(&weight, &full)?));
         }
         let params = self.quant_params(prefix, inputs)?;
         let mut packed = lead.to_vec();

@@ -30,6 +30,18 @@ struct QMatrix {
   int group_size;
 };
 
+// A dense matrix W [N, K], row-major, of float32, bfloat16 or float16.
+struct DMatrix {
+  const void* data;
+  FType type;
+  int64_t N;
+  int64_t K;
+};
+
+// As qmm_columns, for a dense W.
+void dense_columns(Isa isa, const DMatrix& w, const float* x, int64_t ldx, int64_t M, float* y,
+                   int64_t ldy, int64_t n0, int64_t n1);
+
 // y[m * ldy + n] = sum_k x[m * ldx + k] * W[n, k] for 0 <= m < M and n0 <= n < n1.
 // `isa` must be a resolved one (see resolve_isa).
 void qmm_columns(Isa isa, const QMatrix& w, const float* x, int64_t ldx, int64_t M, float* y,

@@ -230,6 +230,25 @@ void eval_qmm(mx::array& out, const mx::array& x, const mx::array& w, const mx::
   store_output(out, y, static_cast<size_t>(M * N));
 }
 
+void eval_dense(mx::array& out, const mx::array& x, const mx::array& w, Isa isa) {
+  const int64_t K = x.shape(-1);
+  const int64_t N = w.shape(0);
+  const int64_t M = K == 0 ? 0 : static_cast<int64_t>(x.size()) / K;
+  if (M == 0 || N == 0) return;
+  std::vector<float> xbuf;
+  std::vector<uint8_t> wbuf;
+  const float* xf = as_f32(x, xbuf);
+  const DMatrix d{row_major_bytes(w, wbuf), ftype(w.dtype()), N, K};
+  float* y = out.data<float>();
+  const int64_t chunks = column_chunks(N, K, M);
+  const int64_t per = chunks > 1 ? std::min(N, ceil_div(ceil_div(N, chunks), 8) * 8) : N;
+  const std::function<void(int64_t)> fn = [&](int64_t i) {
+    const int64_t n0 = i * per;
+    dense_columns(isa, d, xf, K, M, y, N, n0, std::min(N, n0 + per));
+  };
+  parallel_for(ceil_div(N, per), fn);
+}
+
 void eval_gather(mx::array& out, const mx::array& x, const mx::array& w, const mx::array& s,
                  const mx::array& b, const mx::array& lhs, const mx::array& rhs, int gs,
                  int bits, Isa isa) {
@@ -605,6 +624,47 @@ class AttentionCpu : public mx::UnaryPrimitive {
   Isa isa_;
 };
 
+
+// x · wᵀ for a dense w [N, K] of any float type and float32 x.
+class DenseMatmulCpu : public mx::UnaryPrimitive {
+ public:
+  DenseMatmulCpu(mx::Stream stream, Isa isa) : mx::UnaryPrimitive(stream), isa_(isa) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (const auto& in : inputs) encoder.set_input_array(in);
+    encoder.set_output_array(out);
+    encoder.dispatch([out = mx::array::unsafe_weak_copy(out),
+                      x = mx::array::unsafe_weak_copy(inputs[0]),
+                      w = mx::array::unsafe_weak_copy(inputs[1]), isa = isa_]() mutable {
+      eval_dense(out, x, w, isa);
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error(
+        "[mlx-node kernels] DenseMatmul runs on CPU streams only; use MLX's matmul on other "
+        "devices");
+  }
+
+  const char* name() const override { return "MlxNodeDenseMatmul"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto* o = dynamic_cast<const DenseMatmulCpu*>(&other);
+    return o != nullptr && o->isa_ == isa_;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    auto shape = inputs[0].shape();
+    shape.back() = inputs[1].shape(0);
+    return {shape};
+  }
+
+ private:
+  Isa isa_;
+};
+
 // ---------------------------------------------------------------------------------------------
 // Graph construction.
 
@@ -801,6 +861,24 @@ int attention_op(mlx_array* res, mlx_array q_in, mlx_array k_in, mlx_array v_in,
   return kOk;
 }
 
+// x [.., K] float32 times wᵀ, w [N, K] of a float type; not handled otherwise.
+int dense_matmul(mlx_array* res, mlx_array x_in, mlx_array w_in, int isa, mlx_stream stream_in) {
+  const mx::Stream stream = mlx_stream_get_(stream_in);
+  if (stream.device.type != mx::Device::DeviceType::cpu) return kNotHandled;
+  if (x_in.ctx == nullptr || w_in.ctx == nullptr) return kNotHandled;
+  const mx::array& x = mlx_array_get_(x_in);
+  const mx::array& w = mlx_array_get_(w_in);
+  if (x.dtype() != mx::float32 || !float_type(w.dtype()) || x.ndim() < 1 || w.ndim() != 2 ||
+      x.shape(-1) != w.shape(1) || w.shape(1) == 0) {
+    return kNotHandled;
+  }
+  auto shape = x.shape();
+  shape.back() = w.shape(0);
+  mlx_array_set_(*res, mx::array(std::move(shape), mx::float32,
+                                 std::make_shared<DenseMatmulCpu>(stream, isa_arg(isa)), {x, w}));
+  return kOk;
+}
+
 template <class F>
 int guarded(F&& f) {
   try {
@@ -866,6 +944,11 @@ int mlxnk_attention(mlx_array* res, mlx_array q, mlx_array k, mlx_array v, float
                     int causal, int isa, mlx_stream stream) {
   return mlxnk::guarded(
       [&] { return mlxnk::attention_op(res, q, k, v, scale, causal, isa, stream); });
+}
+
+// matmul(x, transpose(w)) for float32 x and a dense w [N, K] of any float type.
+int mlxnk_dense_matmul(mlx_array* res, mlx_array x, mlx_array w, int isa, mlx_stream stream) {
+  return mlxnk::guarded([&] { return mlxnk::dense_matmul(res, x, w, isa, stream); });
 }
 
 // The message of this thread's last error (valid until its next call).

@@ -144,9 +144,11 @@ void dequant_portable(const uint8_t* p, const float* s, const float* b, int64_t 
 
 float dot_portable(const float* a, const float* b, int64_t n) {
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (int64_t i = 0; i < n; i += 8) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
     for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
   }
+  for (int j = 0; i < n; ++i, ++j) acc[j] += a[i] * b[i];  // a dense row's tail
   return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
@@ -166,12 +168,26 @@ void columns_portable(const QMatrix& w, const float* x, int64_t ldx, int64_t M, 
   }
 }
 
+// Row n of a dense matrix as float32 (a pointer into it when it is float32).
+const float* dense_row(const DMatrix& w, int64_t n, float* scratch) {
+  return rows_f32(w.data, w.type, n, 1, w.K, scratch);
+}
+
+void dense_portable(const DMatrix& w, const float* x, int64_t ldx, int64_t M, float* y,
+                    int64_t ldy, int64_t n0, int64_t n1) {
+  std::vector<float> row(static_cast<size_t>(w.K));
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* r = dense_row(w, n, row.data());
+    for (int64_t m = 0; m < M; ++m) y[m * ldy + n] = dot_portable(x + m * ldx, r, w.K);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // AVX2 + FMA path (x86_64). Everything here carries the target attribute and is only called
 // after the CPU was checked; no lambdas (they would not inherit the attribute).
 
 #if defined(MLXNK_X86)
-#define MLXNK_AVX2 __attribute__((target("avx2,fma")))
+#define MLXNK_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 // Weight rows per tile and K chunk of the many-row path. KC is a multiple of every group size.
 constexpr int64_t kTileRows = 16;
@@ -546,7 +562,15 @@ MLXNK_AVX2 void row_stream_avx2(const QMatrix& w, const float* xp, const float* 
 // The same single-row stream with 16-lane vectors (AVX-512F), for CPUs that have it: the 32
 // codes of a block become two vectors (the AVX2 path's vectors 0|1 and 2|3), against the same
 // permuted activations.
-#define MLXNK_AVX512 __attribute__((target("avx512f,avx2,fma")))
+#define MLXNK_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
+
+// Σ of the 16 lanes (through memory: GCC 12's _mm512_reduce_add_ps trips -Wuninitialized on
+// its own placeholder operands).
+MLXNK_AVX512 inline float hsum_avx512(__m512 v) {
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, v);
+  return hsum_avx2(_mm256_add_ps(_mm256_load_ps(lanes), _mm256_load_ps(lanes + 8)));
+}
 
 template <int BITS>
 MLXNK_AVX512 inline void split32_avx512(const uint8_t* p, __m512 q[2]) {
@@ -609,7 +633,7 @@ MLXNK_AVX512 void row_stream_avx512(const QMatrix& w, const float* xp, const flo
         tot = _mm512_fmadd_ps(_mm512_add_ps(acc0, acc1), _mm512_set1_ps(s[g]), tot);
         bias += b[g] * xsum[g];
       }
-      y[nb + r] = _mm512_reduce_add_ps(tot) + bias;
+      y[nb + r] = hsum_avx512(tot) + bias;
     }
   }
 }
@@ -644,6 +668,126 @@ const MicroFn kMicroAvx512[kMicroRows512] = {
     micro_avx512<1>, micro_avx512<2>, micro_avx512<3>,  micro_avx512<4>,
     micro_avx512<5>, micro_avx512<6>, micro_avx512<7>,  micro_avx512<8>,
     micro_avx512<9>, micro_avx512<10>, micro_avx512<11>, micro_avx512<12>};
+
+// Dense weights (float32, bfloat16 or float16 rows). One activation row at a time against a
+// weight row converted 8 or 16 lanes at a time (bfloat16: a shift, float16: F16C) into four
+// accumulators; many rows through the quantized path's tiles and microkernels.
+// The scalar tail of a dense dot product from k.
+inline float dense_tail(const void* row, FType t, const float* x, int64_t k, int64_t K,
+                        float sum) {
+  for (; k < K; ++k) {
+    float w;
+    if (t == FType::F32) {
+      w = static_cast<const float*>(row)[k];
+    } else {
+      const uint16_t h = static_cast<const uint16_t*>(row)[k];
+      w = t == FType::BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+    }
+    sum += w * x[k];
+  }
+  return sum;
+}
+
+MLXNK_AVX2 inline __m256 dense8_avx2(const void* row, FType t, int64_t at) {
+  if (t == FType::F32) return _mm256_loadu_ps(static_cast<const float*>(row) + at);
+  const __m128i h =
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(row) + at));
+  return t == FType::BF16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+                          : _mm256_cvtph_ps(h);
+}
+
+MLXNK_AVX2 float dense_dot_avx2(const void* row, FType t, const float* x, int64_t K) {
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                   _mm256_setzero_ps()};
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+      acc[v] = _mm256_fmadd_ps(dense8_avx2(row, t, k + 8 * v), _mm256_loadu_ps(x + k + 8 * v),
+                               acc[v]);
+    }
+  }
+  const float sum =
+      hsum_avx2(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+  return dense_tail(row, t, x, k, K, sum);
+}
+
+MLXNK_AVX512 inline __m512 dense16_avx512(const void* row, FType t, int64_t at) {
+  if (t == FType::F32) return _mm512_loadu_ps(static_cast<const float*>(row) + at);
+  const __m256i h = _mm256_loadu_si256(
+      reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(row) + at));
+  return t == FType::BF16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+                          : _mm512_cvtph_ps(h);
+}
+
+MLXNK_AVX512 float dense_dot_avx512(const void* row, FType t, const float* x, int64_t K) {
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                   _mm512_setzero_ps()};
+  int64_t k = 0;
+  for (; k + 64 <= K; k += 64) {
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+      acc[v] = _mm512_fmadd_ps(dense16_avx512(row, t, k + 16 * v),
+                               _mm512_loadu_ps(x + k + 16 * v), acc[v]);
+    }
+  }
+  const float sum = hsum_avx512(
+      _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+  return dense_tail(row, t, x, k, K, sum);
+}
+
+// Converts kc columns from k0 of nt ≤ 16 dense rows into tile[k][r] (k-major, 16 per k).
+void dense_tile(const DMatrix& w, int64_t nb, int64_t nt, int64_t k0, int64_t kc, float* tile,
+                float* row) {
+  for (int64_t r = 0; r < kTileRows; ++r) {
+    if (r < nt) {
+      const size_t es = w.type == FType::F32 ? 4 : 2;
+      const void* p = static_cast<const uint8_t*>(w.data) + ((nb + r) * w.K + k0) * es;
+      const float* f = rows_f32(p, w.type, 0, 1, kc, row);
+      for (int64_t k = 0; k < kc; ++k) tile[k * kTileRows + r] = f[k];
+    } else {
+      for (int64_t k = 0; k < kc; ++k) tile[k * kTileRows + r] = 0.0f;
+    }
+  }
+}
+
+template <bool WIDE>
+void dense_rows(const DMatrix& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy,
+                int64_t n0, int64_t n1) {
+  const size_t es = w.type == FType::F32 ? 4 : 2;
+  for (int64_t n = n0; n < n1; ++n) {
+    const void* row = static_cast<const uint8_t*>(w.data) + n * w.K * es;
+    _mm_prefetch(static_cast<const char*>(row) + w.K * es, _MM_HINT_T0);
+    for (int64_t m = 0; m < M; ++m) {
+      y[m * ldy + n] = WIDE ? dense_dot_avx512(row, w.type, x + m * ldx, w.K)
+                            : dense_dot_avx2(row, w.type, x + m * ldx, w.K);
+    }
+  }
+}
+
+template <bool WIDE>
+void dense_avx2(const DMatrix& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy,
+                int64_t n0, int64_t n1) {
+  if (M <= 4) {
+    dense_rows<WIDE>(w, x, ldx, M, y, ldy, n0, n1);
+    return;
+  }
+  std::vector<float> tile(static_cast<size_t>(kTileRows * kChunk)), row(kChunk);
+  constexpr int64_t rows_per_micro = WIDE ? kMicroRows512 : kMicroRows;
+  const MicroFn* micro = WIDE ? kMicroAvx512 : kMicroAvx2;
+  for (int64_t nb = n0; nb < n1; nb += kTileRows) {
+    const int64_t nt = std::min(kTileRows, n1 - nb);
+    for (int64_t k0 = 0; k0 < w.K; k0 += kChunk) {
+      const int64_t kc = std::min(kChunk, w.K - k0);
+      dense_tile(w, nb, nt, k0, kc, tile.data(), row.data());
+      for (int64_t m0 = 0; m0 < M; m0 += rows_per_micro) {
+        const int64_t mr = std::min<int64_t>(rows_per_micro, M - m0);
+        micro[mr - 1](x + m0 * ldx + k0, ldx, tile.data(), kc, y + m0 * ldy + nb, ldy, nt,
+                      k0 == 0);
+      }
+    }
+  }
+}
 
 // Columns [n0, n1) for MR activation rows: weight rows in blocks of NR (4, 2 or 1 as MR
 // grows, to stay within the 16 vector registers), single rows at the end.
@@ -900,7 +1044,8 @@ bool isa_available(Isa isa) {
       // libgcc's check also covers the OS saving the YMM registers (XCR0).
       static const bool ok = [] {
         __builtin_cpu_init();
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c");
       }();
       return ok;
     }
@@ -941,6 +1086,24 @@ Isa resolve_isa(Isa requested) {
     return chosen;
   }
   return isa_available(requested) ? requested : Isa::Portable;
+}
+
+void dense_columns(Isa isa, const DMatrix& w, const float* x, int64_t ldx, int64_t M, float* y,
+                   int64_t ldy, int64_t n0, int64_t n1) {
+  if (n1 <= n0 || M <= 0) return;
+  switch (isa) {
+#if defined(MLXNK_X86)
+    case Isa::Avx2:
+      dense_avx2<false>(w, x, ldx, M, y, ldy, n0, n1);
+      return;
+    case Isa::Avx512:
+      dense_avx2<true>(w, x, ldx, M, y, ldy, n0, n1);
+      return;
+#endif
+    default:
+      dense_portable(w, x, ldx, M, y, ldy, n0, n1);
+      return;
+  }
 }
 
 void qmm_columns(Isa isa, const QMatrix& w, const float* x, int64_t ldx, int64_t M, float* y,

@@ -6,6 +6,8 @@
 //!   true)` in affine mode, 2/3/4/5/6/8 bits, groups 32/64/128.
 //! * [`gather_qmm`]: the same per gathered matrix, like MLX's `gather_qmm` (mixture-of-experts
 //!   banks, `rhs_indices` = the experts of each token).
+//! * [`dense_matmul`]: `x · wᵀ` for a plain float32/bfloat16/float16 `w` (the layers a
+//!   mixed-precision recipe keeps unquantized, and unquantized checkpoints), float32 `x`.
 //! * [`attention`]: MLX's `scaled_dot_product_attention` (no mask or causal), float32.
 //! * [`rms_norm`], [`silu_mul`], [`sigmoid_mul`]: the per-layer row and element ops, float32.
 //! * [`gated_delta`]: a Gated DeltaNet layer's whole mixing between its input projections and
@@ -86,6 +88,13 @@ mod ffi {
             v: mlx_array,
             scale: f32,
             causal: i32,
+            isa: i32,
+            stream: mlx_stream,
+        ) -> i32;
+        pub fn mlxnk_dense_matmul(
+            res: *mut mlx_array,
+            x: mlx_array,
+            w: mlx_array,
             isa: i32,
             stream: mlx_stream,
         ) -> i32;
@@ -432,6 +441,24 @@ pub fn attention(
             v.as_ptr(),
             scale,
             i32::from(causal),
+            isa as i32,
+            stream.as_ptr(),
+        );
+        finish(status, res)
+    }
+}
+
+/// `x · wᵀ` for float32 `x` `[.., K]` and a dense `w` `[N, K]` of float32, bfloat16 or float16
+/// (converted exactly as it is read, never copied).
+pub fn dense_matmul(x: &Array, w: &Array, isa: Isa) -> Result<Option<Array>> {
+    let stream = Stream::thread_local_or_default();
+    // SAFETY: live handles; the function writes a new handle to res.
+    unsafe {
+        let mut res = mlx_sys::mlx_array_new();
+        let status = ffi::mlxnk_dense_matmul(
+            &mut res,
+            x.as_ptr(),
+            w.as_ptr(),
             isa as i32,
             stream.as_ptr(),
         );
