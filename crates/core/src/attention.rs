@@ -28,6 +28,8 @@ pub struct GatedAttention {
     head_dim: i32,
     rotary_dims: i32,
     rope_theta: f32,
+    /// The rotary frequencies as MLX's rope makes them, for our CPU rope.
+    rope_freqs: Array,
 }
 
 impl GatedAttention {
@@ -56,6 +58,7 @@ impl GatedAttention {
             head_dim: hd as i32,
             rotary_dims: c.rotary_dims() as i32,
             rope_theta: c.rope_theta,
+            rope_freqs: mlx_node_kernels::rope_frequencies(c.rotary_dims() as i32, c.rope_theta)?,
         })
     }
 
@@ -92,8 +95,13 @@ impl GatedAttention {
             .reshape(&[b, t, self.kv_heads, hd])?;
         let [q, k, v] = [q, k, v].map(|a| a.transpose_axes(&[0, 2, 1, 3]));
         let position = offset as i32;
-        let rotate = |a: Array| {
-            rope(
+        let rotate = |a: Array| -> Result<Array> {
+            if let Some(y) =
+                kernel(|| mlx_node_kernels::rope(&a, &self.rope_freqs, self.rotary_dims, position))?
+            {
+                return Ok(y);
+            }
+            Ok(rope(
                 a,
                 self.rotary_dims,
                 false,
@@ -101,7 +109,7 @@ impl GatedAttention {
                 1.0,
                 position,
                 None,
-            )
+            )?)
         };
         let (q, k) = (rotate(q?)?, rotate(k?)?);
         let (keys, values) = cache.extend(k, v?)?;

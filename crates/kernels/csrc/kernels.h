@@ -90,6 +90,16 @@ struct AttentionArgs {
 };
 void attention(Isa isa, const AttentionArgs& args);
 
+// Rotary embedding (rope.cpp), row-major float32 x, y [B, N, T, D]: the first `dims` of each
+// row rotated in NeoX pairs for positions offset … offset + T − 1 with frequencies freqs[dims/2].
+struct RopeArgs {
+  const float* x;
+  const float* freqs;
+  float* y;
+  int64_t B, N, T, D, dims, offset;
+};
+void rope(const RopeArgs& args);
+
 // Float32 row and element ops (pointwise.cpp), spread over the pool when large.
 // y[r, :] = x[r, :] · (mean(x[r, :]²) + eps)^-½ · w for `rows` rows of D.
 void rms_norm(const float* x, const float* w, float eps, int64_t rows, int64_t D, float* y);

@@ -665,6 +665,59 @@ class DenseMatmulCpu : public mx::UnaryPrimitive {
   Isa isa_;
 };
 
+
+// Inputs x [B, N, T, D] and freqs [dims / 2] (float32); NeoX rotary embedding from `offset`.
+class RopeCpu : public mx::UnaryPrimitive {
+ public:
+  RopeCpu(mx::Stream stream, int dims, int offset)
+      : mx::UnaryPrimitive(stream), dims_(dims), offset_(offset) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (const auto& in : inputs) encoder.set_input_array(in);
+    encoder.set_output_array(out);
+    encoder.dispatch([out = mx::array::unsafe_weak_copy(out),
+                      x = mx::array::unsafe_weak_copy(inputs[0]),
+                      f = mx::array::unsafe_weak_copy(inputs[1]), dims = dims_,
+                      offset = offset_]() mutable {
+      std::vector<float> xbuf, fbuf;
+      RopeArgs a{};
+      a.x = as_f32(x, xbuf);
+      a.freqs = as_f32(f, fbuf);
+      a.y = out.data<float>();
+      a.B = x.shape(0);
+      a.N = x.shape(1);
+      a.T = x.shape(2);
+      a.D = x.shape(3);
+      a.dims = dims;
+      a.offset = offset;
+      rope(a);
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error(
+        "[mlx-node kernels] Rope runs on CPU streams only; use MLX's fast::rope on other "
+        "devices");
+  }
+
+  const char* name() const override { return "MlxNodeRope"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto* o = dynamic_cast<const RopeCpu*>(&other);
+    return o != nullptr && o->dims_ == dims_ && o->offset_ == offset_;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {inputs[0].shape()};
+  }
+
+ private:
+  int dims_;
+  int offset_;
+};
+
 // ---------------------------------------------------------------------------------------------
 // Graph construction.
 
@@ -879,6 +932,25 @@ int dense_matmul(mlx_array* res, mlx_array x_in, mlx_array w_in, int isa, mlx_st
   return kOk;
 }
 
+// x [B, N, T, D] float32, freqs [dims / 2] float32, dims even and ≤ D, offset ≥ 0.
+int rope_op(mlx_array* res, mlx_array x_in, mlx_array f_in, int dims, int offset,
+            mlx_stream stream_in) {
+  const mx::Stream stream = mlx_stream_get_(stream_in);
+  if (stream.device.type != mx::Device::DeviceType::cpu) return kNotHandled;
+  if (x_in.ctx == nullptr || f_in.ctx == nullptr) return kNotHandled;
+  const mx::array& x = mlx_array_get_(x_in);
+  const mx::array& f = mlx_array_get_(f_in);
+  if (x.dtype() != mx::float32 || f.dtype() != mx::float32 || x.ndim() != 4 || f.ndim() != 1) {
+    return kNotHandled;
+  }
+  if (dims <= 0 || dims % 2 != 0 || dims > x.shape(3) || f.shape(0) != dims / 2 || offset < 0) {
+    return kNotHandled;
+  }
+  mlx_array_set_(*res, mx::array(x.shape(), mx::float32,
+                                 std::make_shared<RopeCpu>(stream, dims, offset), {x, f}));
+  return kOk;
+}
+
 template <class F>
 int guarded(F&& f) {
   try {
@@ -949,6 +1021,13 @@ int mlxnk_attention(mlx_array* res, mlx_array q, mlx_array k, mlx_array v, float
 // matmul(x, transpose(w)) for float32 x and a dense w [N, K] of any float type.
 int mlxnk_dense_matmul(mlx_array* res, mlx_array x, mlx_array w, int isa, mlx_stream stream) {
   return mlxnk::guarded([&] { return mlxnk::dense_matmul(res, x, w, isa, stream); });
+}
+
+// fast::rope(x, dims, traditional = false, base, scale = 1, offset) with the frequencies given
+// (MLX's exp(−i · ln(base) / (dims / 2))), float32.
+int mlxnk_rope(mlx_array* res, mlx_array x, mlx_array freqs, int dims, int offset,
+               mlx_stream stream) {
+  return mlxnk::guarded([&] { return mlxnk::rope_op(res, x, freqs, dims, offset, stream); });
 }
 
 // The message of this thread's last error (valid until its next call).

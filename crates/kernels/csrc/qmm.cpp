@@ -559,6 +559,56 @@ MLXNK_AVX2 void row_stream_avx2(const QMatrix& w, const float* xp, const float* 
   }
 }
 
+// The single-row stream for the widths whose codes straddle bytes (3, 5, 6 bits): eight codes
+// at a time through decode8_avx2 (natural order, so x as it is), four accumulators, rows in
+// order with the next ones prefetched; the last rows of the buffer read exactly their bytes.
+template <int BITS, bool EXACT>
+MLXNK_AVX2 void straddle_row_avx2(const uint8_t* c, const float* s, const float* b, int64_t G,
+                                  int gs, const float* x, const float* xsum, float* y) {
+  __m256 tot = _mm256_setzero_ps();
+  float bias = 0.0f;
+  const int quads = gs / 32;
+  for (int64_t g = 0; g < G; ++g) {
+    _mm_prefetch(reinterpret_cast<const char*>(c) + kPrefetchBytes, _MM_HINT_T0);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    for (int j = 0; j < quads; ++j, c += 4 * BITS, x += 32) {
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) {
+        acc[v] = _mm256_fmadd_ps(decode8_avx2<BITS, EXACT>(c + v * BITS),
+                                 _mm256_loadu_ps(x + 8 * v), acc[v]);
+      }
+    }
+    const __m256 sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    tot = _mm256_fmadd_ps(sum, _mm256_set1_ps(s[g]), tot);
+    bias += b[g] * xsum[g];
+  }
+  *y = hsum_avx2(tot) + bias;
+}
+
+template <int BITS>
+void straddle_stream_avx2(const QMatrix& w, const float* x, const float* xsum, float* y,
+                          int64_t n0, int64_t n1, float* sbuf, float* bbuf) {
+  const int64_t K = w.K;
+  const int gs = w.group_size;
+  const int64_t G = K / gs;
+  const int64_t rb = K * BITS / 8;
+  constexpr int64_t kRowBatch = 16;
+  for (int64_t nb = n0; nb < n1; nb += kRowBatch) {
+    const int64_t nr = std::min(kRowBatch, n1 - nb);
+    const float* sc = rows_f32(w.scales, w.scale_type, nb, nr, G, sbuf);
+    const float* bi = rows_f32(w.biases, w.bias_type, nb, nr, G, bbuf);
+    for (int64_t r = 0; r < nr; ++r) {
+      const uint8_t* c = w.codes + (nb + r) * rb;
+      if (needs_exact_reads<BITS>(c + rb, w.codes_end)) {
+        straddle_row_avx2<BITS, true>(c, sc + r * G, bi + r * G, G, gs, x, xsum, y + nb + r);
+      } else {
+        straddle_row_avx2<BITS, false>(c, sc + r * G, bi + r * G, G, gs, x, xsum, y + nb + r);
+      }
+    }
+  }
+}
+
 // The same single-row stream with 16-lane vectors (AVX-512F), for CPUs that have it: the 32
 // codes of a block become two vectors (the AVX2 path's vectors 0|1 and 2|3), against the same
 // permuted activations.
@@ -828,6 +878,18 @@ void columns_avx2(const QMatrix& w, const float* x, int64_t ldx, int64_t M, floa
   const int64_t G = K / gs;
   const int64_t rb = K * BITS / 8;
   std::vector<float> sbuf(static_cast<size_t>(kTileRows * G)), bbuf(sbuf.size());
+  if constexpr (BITS == 3 || BITS == 5 || BITS == 6) {
+    if (M == 1) {
+      std::vector<float> xsum(static_cast<size_t>(G));
+      for (int64_t g = 0; g < G; ++g) {
+        float t = 0.0f;
+        for (int i = 0; i < gs; ++i) t += x[g * gs + i];
+        xsum[g] = t;
+      }
+      straddle_stream_avx2<BITS>(w, x, xsum.data(), y, n0, n1, sbuf.data(), bbuf.data());
+      return;
+    }
+  }
   if constexpr (BITS == 2 || BITS == 4 || BITS == 8) {
     if (M == 1) {
       std::vector<float> xp(static_cast<size_t>(K)), xsum(static_cast<size_t>(G));

@@ -9,6 +9,7 @@
 //! * [`dense_matmul`]: `x · wᵀ` for a plain float32/bfloat16/float16 `w` (the layers a
 //!   mixed-precision recipe keeps unquantized, and unquantized checkpoints), float32 `x`.
 //! * [`attention`]: MLX's `scaled_dot_product_attention` (no mask or causal), float32.
+//! * [`rope`]: MLX's `fast::rope` (NeoX layout, scale 1) from given frequencies, float32.
 //! * [`rms_norm`], [`silu_mul`], [`sigmoid_mul`]: the per-layer row and element ops, float32.
 //! * [`gated_delta`]: a Gated DeltaNet layer's whole mixing between its input projections and
 //!   out_proj (conv, norms, gates, the delta rule over all tokens, the gated RMSNorm) in
@@ -96,6 +97,14 @@ mod ffi {
             x: mlx_array,
             w: mlx_array,
             isa: i32,
+            stream: mlx_stream,
+        ) -> i32;
+        pub fn mlxnk_rope(
+            res: *mut mlx_array,
+            x: mlx_array,
+            freqs: mlx_array,
+            dims: i32,
+            offset: i32,
             stream: mlx_stream,
         ) -> i32;
         pub fn mlxnk_last_error() -> *const std::ffi::c_char;
@@ -460,6 +469,37 @@ pub fn dense_matmul(x: &Array, w: &Array, isa: Isa) -> Result<Option<Array>> {
             x.as_ptr(),
             w.as_ptr(),
             isa as i32,
+            stream.as_ptr(),
+        );
+        finish(status, res)
+    }
+}
+
+/// The frequencies MLX's `fast::rope` uses for `dims` rotated dimensions and `base`,
+/// `exp(−i · ln(base) / (dims / 2))`, made with MLX's ops as MLX makes them (so that [`rope`]
+/// rounds its angles the same).
+pub fn rope_frequencies(
+    dims: i32,
+    base: f32,
+) -> std::result::Result<Array, mlx_rs::error::Exception> {
+    let half = dims / 2;
+    let steps = mlx_rs::ops::arange::<_, f32>(0.0, -(half as f64), -1.0)?;
+    mlx_rs::ops::exp(steps.multiply(Array::from_f32(base.ln() / half as f32))?)
+}
+
+/// MLX's `fast::rope(x, dims, traditional = false, base, scale = 1, offset)` for x
+/// `[B, N, T, D]` with `freqs` from [`rope_frequencies`], float32.
+pub fn rope(x: &Array, freqs: &Array, dims: i32, offset: i32) -> Result<Option<Array>> {
+    let stream = Stream::thread_local_or_default();
+    // SAFETY: live handles; the function writes a new handle to res.
+    unsafe {
+        let mut res = mlx_sys::mlx_array_new();
+        let status = ffi::mlxnk_rope(
+            &mut res,
+            x.as_ptr(),
+            freqs.as_ptr(),
+            dims,
+            offset,
             stream.as_ptr(),
         );
         finish(status, res)
