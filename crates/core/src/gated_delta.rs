@@ -13,10 +13,11 @@
 //! `silu(z)` and projected back. Prefill runs the same per-token step over the whole chunk.
 //!
 //! On a CPU stream with float32 activations the whole mixing (conv to gated norm) is one node
-//! of ours (`mlx-node-kernels`' `gated_delta`: per token of MLX ops, ~60 small ops a layer,
-//! cost more than the layer's matmuls); the MLX ops below are the reference it is tested
-//! against and the path on every other device or dtype.
+//! of ours (`mlx_node_kernels::gated_delta`): as MLX ops it is ~60 small ops per layer and
+//! token, which cost more than the layer's matmuls. The MLX ops below are the reference it is
+//! tested against and the path on every other device or dtype.
 
+use mlx_node_kernels::Isa;
 use mlx_rs::ops::{concatenate, exp, logaddexp, matmul, sigmoid, split_equal, stack, zeros};
 use mlx_rs::{Array, Dtype};
 
@@ -26,7 +27,6 @@ use crate::error::Result;
 use crate::linear::{kernel, slice_axis, Linear};
 use crate::tap::{Proj, Tap};
 use crate::weights::WeightStore;
-use mlx_node_kernels::Isa;
 
 pub struct GatedDeltaNet {
     in_proj_qkv: Linear,

@@ -342,22 +342,49 @@ void eval_gather(mx::array& out, const mx::array& x, const mx::array& w, const m
 // ---------------------------------------------------------------------------------------------
 // The primitives.
 
+// Runs fn(inputs, outputs) as the stream's CPU task once every output has a buffer. The task
+// sees weak copies: the graph keeps the arrays alive until it has run.
+template <class F>
+void run_on_cpu(const mx::Stream& stream, const std::vector<mx::array>& inputs,
+                std::vector<mx::array>& outputs, F fn) {
+  for (auto& out : outputs) out.set_data(mx::allocator::malloc(out.nbytes()));
+  auto& encoder = mx::cpu::get_command_encoder(stream);
+  std::vector<mx::array> ins, outs;
+  for (const auto& in : inputs) {
+    encoder.set_input_array(in);
+    ins.push_back(mx::array::unsafe_weak_copy(in));
+  }
+  for (auto& out : outputs) {
+    encoder.set_output_array(out);
+    outs.push_back(mx::array::unsafe_weak_copy(out));
+  }
+  encoder.dispatch([ins = std::move(ins), outs = std::move(outs), fn = std::move(fn)]() mutable {
+    fn(ins, outs);
+  });
+}
+
+// The one-output form: fn(inputs, out).
+template <class F>
+void run_on_cpu(const mx::Stream& stream, const std::vector<mx::array>& inputs, mx::array& out,
+                F fn) {
+  std::vector<mx::array> outputs{out};  // the same array (arrays are handles)
+  run_on_cpu(stream, inputs, outputs,
+             [fn = std::move(fn)](const std::vector<mx::array>& in,
+                                  std::vector<mx::array>& outs) mutable { fn(in, outs[0]); });
+}
+
+
 class QuantizedMatmulCpu : public mx::UnaryPrimitive {
  public:
   QuantizedMatmulCpu(mx::Stream stream, int group_size, int bits, Isa isa)
       : mx::UnaryPrimitive(stream), group_size_(group_size), bits_(bits), isa_(isa) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (const auto& in : inputs) encoder.set_input_array(in);
-    encoder.set_output_array(out);
-    encoder.dispatch([out = mx::array::unsafe_weak_copy(out),
-                      x = mx::array::unsafe_weak_copy(inputs[0]),
-                      w = mx::array::unsafe_weak_copy(inputs[1]),
-                      s = mx::array::unsafe_weak_copy(inputs[2]),
-                      b = mx::array::unsafe_weak_copy(inputs[3]), gs = group_size_, bits = bits_,
-                      isa = isa_]() mutable { eval_qmm(out, x, w, s, b, gs, bits, isa); });
+    run_on_cpu(stream(), inputs, out,
+               [gs = group_size_, bits = bits_, isa = isa_](const std::vector<mx::array>& in,
+                                                            mx::array& y) {
+                 eval_qmm(y, in[0], in[1], in[2], in[3], gs, bits, isa);
+               });
   }
 
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
@@ -391,20 +418,11 @@ class GatherQmmCpu : public mx::UnaryPrimitive {
       : mx::UnaryPrimitive(stream), group_size_(group_size), bits_(bits), isa_(isa) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (const auto& in : inputs) encoder.set_input_array(in);
-    encoder.set_output_array(out);
-    encoder.dispatch([out = mx::array::unsafe_weak_copy(out),
-                      x = mx::array::unsafe_weak_copy(inputs[0]),
-                      w = mx::array::unsafe_weak_copy(inputs[1]),
-                      s = mx::array::unsafe_weak_copy(inputs[2]),
-                      b = mx::array::unsafe_weak_copy(inputs[3]),
-                      lhs = mx::array::unsafe_weak_copy(inputs[4]),
-                      rhs = mx::array::unsafe_weak_copy(inputs[5]), gs = group_size_,
-                      bits = bits_, isa = isa_]() mutable {
-      eval_gather(out, x, w, s, b, lhs, rhs, gs, bits, isa);
-    });
+    run_on_cpu(stream(), inputs, out,
+               [gs = group_size_, bits = bits_, isa = isa_](const std::vector<mx::array>& in,
+                                                            mx::array& y) {
+                 eval_gather(y, in[0], in[1], in[2], in[3], in[4], in[5], gs, bits, isa);
+               });
   }
 
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
@@ -444,17 +462,11 @@ class GatedDeltaCpu : public mx::Primitive {
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     // No input is donated to an output: each output's node holds the inputs, so none is
     // ever the only reference; the kernel reads the old state while it writes the new one.
-    for (auto& out : outputs) out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (const auto& in : inputs) encoder.set_input_array(in);
-    for (auto& out : outputs) encoder.set_output_array(out);
-    std::vector<mx::array> ins, outs;
-    for (const auto& in : inputs) ins.push_back(mx::array::unsafe_weak_copy(in));
-    for (const auto& out : outputs) outs.push_back(mx::array::unsafe_weak_copy(out));
-    encoder.dispatch([ins = std::move(ins), outs = std::move(outs), hk = hk_, hv = hv_,
-                      eps = eps_, isa = isa_]() mutable {
-      eval_gated_delta(ins, outs, hk, hv, eps, isa);
-    });
+    run_on_cpu(stream(), inputs, outputs,
+               [hk = hk_, hv = hv_, eps = eps_, isa = isa_](const std::vector<mx::array>& in,
+                                                            std::vector<mx::array>& outs) {
+                 eval_gated_delta(in, outs, hk, hv, eps, isa);
+               });
   }
 
   void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
@@ -521,25 +533,20 @@ class PointwiseCpu : public mx::UnaryPrimitive {
       : mx::UnaryPrimitive(stream), op_(op), eps_(eps) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (const auto& in : inputs) encoder.set_input_array(in);
-    encoder.set_output_array(out);
-    encoder.dispatch([out = mx::array::unsafe_weak_copy(out),
-                      a = mx::array::unsafe_weak_copy(inputs[0]),
-                      b = mx::array::unsafe_weak_copy(inputs[1]), op = op_,
-                      eps = eps_]() mutable {
-      std::vector<float> abuf, bbuf;
-      const float* pa = as_f32(a, abuf);
-      const float* pb = as_f32(b, bbuf);
-      float* y = out.data<float>();
-      if (op < 0) {
-        const int64_t D = a.shape(-1);
-        rms_norm(pa, pb, eps, D == 0 ? 0 : static_cast<int64_t>(a.size()) / D, D, y);
-      } else {
-        pointwise(static_cast<PointwiseOp>(op), pa, pb, static_cast<int64_t>(a.size()), y);
-      }
-    });
+    run_on_cpu(stream(), inputs, out,
+               [op = op_, eps = eps_](const std::vector<mx::array>& in, mx::array& y) {
+                 std::vector<float> abuf, bbuf;
+                 const float* pa = as_f32(in[0], abuf);
+                 const float* pb = as_f32(in[1], bbuf);
+                 if (op < 0) {
+                   const int64_t D = in[0].shape(-1);
+                   const int64_t rows = D == 0 ? 0 : static_cast<int64_t>(in[0].size()) / D;
+                   rms_norm(pa, pb, eps, rows, D, y.data<float>());
+                 } else {
+                   pointwise(static_cast<PointwiseOp>(op), pa, pb,
+                             static_cast<int64_t>(in[0].size()), y.data<float>());
+                 }
+               });
   }
 
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
@@ -571,32 +578,27 @@ class AttentionCpu : public mx::UnaryPrimitive {
       : mx::UnaryPrimitive(stream), scale_(scale), causal_(causal), isa_(isa) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (const auto& in : inputs) encoder.set_input_array(in);
-    encoder.set_output_array(out);
-    encoder.dispatch([out = mx::array::unsafe_weak_copy(out),
-                      q = mx::array::unsafe_weak_copy(inputs[0]),
-                      k = mx::array::unsafe_weak_copy(inputs[1]),
-                      v = mx::array::unsafe_weak_copy(inputs[2]), scale = scale_,
-                      causal = causal_, isa = isa_]() mutable {
-      std::vector<float> qbuf, kbuf, vbuf;
-      AttentionArgs a{};
-      a.q = as_f32(q, qbuf);
-      a.k = as_f32(k, kbuf);
-      a.v = as_f32(v, vbuf);
-      a.o = out.data<float>();
-      a.B = q.shape(0);
-      a.Hq = q.shape(1);
-      a.T = q.shape(2);
-      a.D = q.shape(3);
-      a.Hkv = k.shape(1);
-      a.L = k.shape(2);
-      a.Dv = v.shape(3);
-      a.scale = scale;
-      a.causal = causal;
-      attention(isa, a);
-    });
+    run_on_cpu(stream(), inputs, out,
+               [scale = scale_, causal = causal_, isa = isa_](const std::vector<mx::array>& in,
+                                                              mx::array& y) {
+                 const mx::array &q = in[0], &k = in[1], &v = in[2];
+                 std::vector<float> qbuf, kbuf, vbuf;
+                 AttentionArgs a{};
+                 a.q = as_f32(q, qbuf);
+                 a.k = as_f32(k, kbuf);
+                 a.v = as_f32(v, vbuf);
+                 a.o = y.data<float>();
+                 a.B = q.shape(0);
+                 a.Hq = q.shape(1);
+                 a.T = q.shape(2);
+                 a.D = q.shape(3);
+                 a.Hkv = k.shape(1);
+                 a.L = k.shape(2);
+                 a.Dv = v.shape(3);
+                 a.scale = scale;
+                 a.causal = causal;
+                 attention(isa, a);
+               });
   }
 
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
@@ -631,14 +633,8 @@ class DenseMatmulCpu : public mx::UnaryPrimitive {
   DenseMatmulCpu(mx::Stream stream, Isa isa) : mx::UnaryPrimitive(stream), isa_(isa) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (const auto& in : inputs) encoder.set_input_array(in);
-    encoder.set_output_array(out);
-    encoder.dispatch([out = mx::array::unsafe_weak_copy(out),
-                      x = mx::array::unsafe_weak_copy(inputs[0]),
-                      w = mx::array::unsafe_weak_copy(inputs[1]), isa = isa_]() mutable {
-      eval_dense(out, x, w, isa);
+    run_on_cpu(stream(), inputs, out, [isa = isa_](const std::vector<mx::array>& in, mx::array& y) {
+      eval_dense(y, in[0], in[1], isa);
     });
   }
 
@@ -673,27 +669,22 @@ class RopeCpu : public mx::UnaryPrimitive {
       : mx::UnaryPrimitive(stream), dims_(dims), offset_(offset) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (const auto& in : inputs) encoder.set_input_array(in);
-    encoder.set_output_array(out);
-    encoder.dispatch([out = mx::array::unsafe_weak_copy(out),
-                      x = mx::array::unsafe_weak_copy(inputs[0]),
-                      f = mx::array::unsafe_weak_copy(inputs[1]), dims = dims_,
-                      offset = offset_]() mutable {
-      std::vector<float> xbuf, fbuf;
-      RopeArgs a{};
-      a.x = as_f32(x, xbuf);
-      a.freqs = as_f32(f, fbuf);
-      a.y = out.data<float>();
-      a.B = x.shape(0);
-      a.N = x.shape(1);
-      a.T = x.shape(2);
-      a.D = x.shape(3);
-      a.dims = dims;
-      a.offset = offset;
-      rope(a);
-    });
+    run_on_cpu(stream(), inputs, out,
+               [dims = dims_, offset = offset_](const std::vector<mx::array>& in, mx::array& y) {
+                 const mx::array& x = in[0];
+                 std::vector<float> xbuf, fbuf;
+                 RopeArgs a{};
+                 a.x = as_f32(x, xbuf);
+                 a.freqs = as_f32(in[1], fbuf);
+                 a.y = y.data<float>();
+                 a.B = x.shape(0);
+                 a.N = x.shape(1);
+                 a.T = x.shape(2);
+                 a.D = x.shape(3);
+                 a.dims = dims;
+                 a.offset = offset;
+                 rope(a);
+               });
   }
 
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
