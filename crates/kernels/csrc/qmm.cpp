@@ -4,12 +4,18 @@
 // little-endian bit stream, so every 8 consecutive codes fill exactly b bytes; a group of
 // `group_size` codes shares one scale s and one bias b, W[n, k] = s · q + b.
 //
-// Two shapes of work:
-// * few activation rows (M ≤ 6, decode): the codes of a few weight rows at a time are decoded
-//   in registers and multiplied into up to 4 activation rows, s · Σ q·x + b · Σ x per group;
+// Three shapes of work:
+// * one activation row (decode): weight rows one after another, one memory stream per thread
+//   with the next rows prefetched, s · Σ q·x + b · Σ x per group; 2/4/8-bit codes are split
+//   with byte masks against activations permuted to match, 3/5/6-bit ones decoded in place;
+// * a few rows (M ≤ 6): the codes of a few weight rows at a time are decoded in registers and
+//   multiplied into up to 4 activation rows;
 // * many rows (prefill): a tile of 16 weight rows × a K chunk is dequantized once into a small
-//   k-major buffer, then a 6 × 16 register-blocked microkernel serves all M rows from it.
-// Per ISA: AVX2+FMA (x86_64, chosen at run time), NEON (aarch64), and a portable path.
+//   k-major buffer, then a register-blocked microkernel (6 × 16, or 12 × 16 with AVX-512)
+//   serves all M rows from it.
+// Dense float32/bfloat16/float16 weights take the same shapes (dense_columns).
+// Per ISA: AVX2+FMA (x86_64, chosen at run time), AVX-512F on top of it, NEON (aarch64), and a
+// portable path.
 
 #include "kernels.h"
 
@@ -512,6 +518,10 @@ MLXNK_AVX2 inline void split32_avx2(const uint8_t* p, __m256 q[4]) {
 // matrices, well inside what the hardware keeps in flight.
 constexpr int64_t kPrefetchBytes = 1024;
 
+// Weight rows whose scales and biases are converted to float32 (if stored narrower) at a time;
+// the callers' scratch holds kTileRows rows of them.
+constexpr int64_t kRowBatch = kTileRows;
+
 template <int BITS>
 MLXNK_AVX2 void row_stream_avx2(const QMatrix& w, const float* xp, const float* xsum, float* y,
                                 int64_t n0, int64_t n1, float* sbuf, float* bbuf) {
@@ -520,8 +530,6 @@ MLXNK_AVX2 void row_stream_avx2(const QMatrix& w, const float* xp, const float* 
   const int64_t G = K / gs;
   const int64_t rb = K * BITS / 8;
   const int blocks = gs / 32;
-  // Scales and biases of kRowBatch rows are converted (if not float32) at a time.
-  constexpr int64_t kRowBatch = 16;
   for (int64_t nb = n0; nb < n1; nb += kRowBatch) {
     const int64_t nr = std::min(kRowBatch, n1 - nb);
     const float* sc = rows_f32(w.scales, w.scale_type, nb, nr, G, sbuf);
@@ -593,7 +601,6 @@ void straddle_stream_avx2(const QMatrix& w, const float* x, const float* xsum, f
   const int gs = w.group_size;
   const int64_t G = K / gs;
   const int64_t rb = K * BITS / 8;
-  constexpr int64_t kRowBatch = 16;
   for (int64_t nb = n0; nb < n1; nb += kRowBatch) {
     const int64_t nr = std::min(kRowBatch, n1 - nb);
     const float* sc = rows_f32(w.scales, w.scale_type, nb, nr, G, sbuf);
@@ -655,7 +662,6 @@ MLXNK_AVX512 void row_stream_avx512(const QMatrix& w, const float* xp, const flo
   const int64_t G = K / gs;
   const int64_t rb = K * BITS / 8;
   const int blocks = gs / 32;
-  constexpr int64_t kRowBatch = 16;
   for (int64_t nb = n0; nb < n1; nb += kRowBatch) {
     const int64_t nr = std::min(kRowBatch, n1 - nb);
     const float* sc = rows_f32(w.scales, w.scale_type, nb, nr, G, sbuf);

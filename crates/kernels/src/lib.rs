@@ -1,6 +1,6 @@
 //! Our CPU kernels under MLX: custom MLX primitives (C++ `mlx::core::Primitive` subclasses in
-//! `csrc/`, compiled against the very MLX headers `mlx-sys` links) for affine quantized
-//! matmuls, reached through a small C ABI.
+//! `csrc/`, compiled against the very MLX headers `mlx-sys` links) for the work of a Qwen3.5
+//! decode or prefill step, reached through a small C ABI.
 //!
 //! * [`quantized_matmul`]: `x · dequantize(w)ᵀ` like MLX's `quantized_matmul(…, transpose =
 //!   true)` in affine mode, 2/3/4/5/6/8 bits, groups 32/64/128.
@@ -15,7 +15,7 @@
 //!   out_proj (conv, norms, gates, the delta rule over all tokens, the gated RMSNorm) in
 //!   float32, as one node with three outputs.
 //!
-//! Both build lazy graph nodes (MLX evaluates them with `eval`/`async_eval` like its own ops)
+//! All build lazy graph nodes (MLX evaluates them with `eval`/`async_eval` like its own ops)
 //! and return `Ok(None)` when they do not handle a call: a stream on another device than the
 //! CPU, parameters or shapes outside the above. Callers then use MLX's own op, which also
 //! reports shape errors in MLX's words.
