@@ -111,12 +111,17 @@ describe('chat on the model thread', options, () => {
       worstGap = Math.max(worstGap, now - last)
       last = now
     }, 10)
+    // Generations back to back until a few seconds have passed, however fast the engine is.
     const started = performance.now()
-    const r = await model.chat([{ role: 'user', content: 'Keep talking.' }], { maxNewTokens: 400, temperature: 0 })
+    let tokens = 0
+    while (performance.now() - started < 2500) {
+      const r = await model.chat([{ role: 'user', content: 'Keep talking.' }], { maxNewTokens: 400, temperature: 0 })
+      tokens += r.usage.completionTokens
+    }
     const elapsed = performance.now() - started
     clearInterval(timer)
     await model.dispose()
-    assert.ok(elapsed > 2000, `the generation took only ${elapsed.toFixed(0)} ms (${r.usage.completionTokens} tokens)`)
+    assert.ok(tokens >= 400, `only ${tokens} tokens were generated in ${elapsed.toFixed(0)} ms`)
     assert.ok(worstGap < 200, `the timer was blocked for ${worstGap.toFixed(0)} ms`)
   })
 
