@@ -402,15 +402,24 @@ pub fn gated_delta(inputs: &GatedDeltaInputs, isa: Isa) -> Result<Option<GatedDe
     }
 }
 
-fn pointwise(op: i32, a: &Array, b: &Array, eps: f32) -> Result<Option<Array>> {
+/// Runs one of our single-output C ABI ops on the thread's default stream: `op` gets the
+/// handle to write and the stream.
+fn call_op(op: impl FnOnce(*mut mlx_array, mlx_stream) -> i32) -> Result<Option<Array>> {
     let stream = Stream::thread_local_or_default();
-    // SAFETY: live handles; the function writes a new handle to res.
+    // SAFETY: res is a fresh handle the op writes a new array to (or leaves empty); the
+    // callers pass live handles only.
     unsafe {
         let mut res = mlx_sys::mlx_array_new();
-        let status =
-            ffi::mlxnk_pointwise(&mut res, op, a.as_ptr(), b.as_ptr(), eps, stream.as_ptr());
+        let status = op(&mut res, stream.as_ptr());
         finish(status, res)
     }
+}
+
+fn pointwise(op: i32, a: &Array, b: &Array, eps: f32) -> Result<Option<Array>> {
+    // SAFETY: live handles (see call_op).
+    call_op(|res, stream| unsafe {
+        ffi::mlxnk_pointwise(res, op, a.as_ptr(), b.as_ptr(), eps, stream)
+    })
 }
 
 /// `x · (mean(x²) + eps)^-½ · weight` over the last axis (MLX's `fast::rms_norm`), float32.
@@ -439,40 +448,28 @@ pub fn attention(
     causal: bool,
     isa: Isa,
 ) -> Result<Option<Array>> {
-    let stream = Stream::thread_local_or_default();
-    // SAFETY: live handles; the function writes a new handle to res.
-    unsafe {
-        let mut res = mlx_sys::mlx_array_new();
-        let status = ffi::mlxnk_attention(
-            &mut res,
+    // SAFETY: live handles (see call_op).
+    call_op(|res, stream| unsafe {
+        ffi::mlxnk_attention(
+            res,
             q.as_ptr(),
             k.as_ptr(),
             v.as_ptr(),
             scale,
             i32::from(causal),
             isa as i32,
-            stream.as_ptr(),
-        );
-        finish(status, res)
-    }
+            stream,
+        )
+    })
 }
 
 /// `x · wᵀ` for float32 `x` `[.., K]` and a dense `w` `[N, K]` of float32, bfloat16 or float16
 /// (converted exactly as it is read, never copied).
 pub fn dense_matmul(x: &Array, w: &Array, isa: Isa) -> Result<Option<Array>> {
-    let stream = Stream::thread_local_or_default();
-    // SAFETY: live handles; the function writes a new handle to res.
-    unsafe {
-        let mut res = mlx_sys::mlx_array_new();
-        let status = ffi::mlxnk_dense_matmul(
-            &mut res,
-            x.as_ptr(),
-            w.as_ptr(),
-            isa as i32,
-            stream.as_ptr(),
-        );
-        finish(status, res)
-    }
+    // SAFETY: live handles (see call_op).
+    call_op(|res, stream| unsafe {
+        ffi::mlxnk_dense_matmul(res, x.as_ptr(), w.as_ptr(), isa as i32, stream)
+    })
 }
 
 /// The frequencies MLX's `fast::rope` uses for `dims` rotated dimensions and `base`,
@@ -490,18 +487,8 @@ pub fn rope_frequencies(
 /// MLX's `fast::rope(x, dims, traditional = false, base, scale = 1, offset)` for x
 /// `[B, N, T, D]` with `freqs` from [`rope_frequencies`], float32.
 pub fn rope(x: &Array, freqs: &Array, dims: i32, offset: i32) -> Result<Option<Array>> {
-    let stream = Stream::thread_local_or_default();
-    // SAFETY: live handles; the function writes a new handle to res.
-    unsafe {
-        let mut res = mlx_sys::mlx_array_new();
-        let status = ffi::mlxnk_rope(
-            &mut res,
-            x.as_ptr(),
-            freqs.as_ptr(),
-            dims,
-            offset,
-            stream.as_ptr(),
-        );
-        finish(status, res)
-    }
+    // SAFETY: live handles (see call_op).
+    call_op(|res, stream| unsafe {
+        ffi::mlxnk_rope(res, x.as_ptr(), freqs.as_ptr(), dims, offset, stream)
+    })
 }
