@@ -18,8 +18,8 @@
 namespace mlxnk {
 namespace {
 
-inline __attribute__((always_inline)) void attend_row(const AttentionArgs& a, int64_t row,
-                                                      float* __restrict scores,
+inline __attribute__((always_inline)) void attend_row(Isa isa, const AttentionArgs& a,
+                                                      int64_t row, float* __restrict scores,
                                                       float* __restrict qs) {
   const int64_t t = row % a.T;
   const int64_t bh = row / a.T;
@@ -39,11 +39,10 @@ inline __attribute__((always_inline)) void attend_row(const AttentionArgs& a, in
     scores[j] = s;
     top = std::max(top, s);
   }
+  for (int64_t j = 0; j < seen; ++j) scores[j] -= top;
+  vexp(isa, scores, scores, seen);
   float sum = 0.0f;
-  for (int64_t j = 0; j < seen; ++j) {
-    scores[j] = std::exp(scores[j] - top);
-    sum += scores[j];
-  }
+  for (int64_t j = 0; j < seen; ++j) sum += scores[j];
   for (int64_t c = 0; c < a.Dv; ++c) o[c] = 0.0f;
   for (int64_t j = 0; j < seen; ++j) {
     const float* __restrict vj = v + j * a.Dv;
@@ -56,14 +55,14 @@ inline __attribute__((always_inline)) void attend_row(const AttentionArgs& a, in
 
 void attend_rows_portable(const AttentionArgs& a, int64_t r0, int64_t r1, float* scores,
                           float* qs) {
-  for (int64_t r = r0; r < r1; ++r) attend_row(a, r, scores, qs);
+  for (int64_t r = r0; r < r1; ++r) attend_row(Isa::Portable, a, r, scores, qs);
 }
 
 #if defined(MLXNK_X86)
 __attribute__((target("avx2,fma"))) void attend_rows_avx2(const AttentionArgs& a, int64_t r0,
                                                            int64_t r1, float* scores,
                                                            float* qs) {
-  for (int64_t r = r0; r < r1; ++r) attend_row(a, r, scores, qs);
+  for (int64_t r = r0; r < r1; ++r) attend_row(Isa::Avx2, a, r, scores, qs);
 }
 #endif
 

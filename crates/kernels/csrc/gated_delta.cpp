@@ -7,14 +7,15 @@
 //   rule:  S ← decay·S;  S ← S + k (β (v − Sᵀk))ᵀ;  o = Sᵀq     (per value head, S [dk, dv])
 //   out:   rms_norm(o) · w · silu(z)                            (per value head)
 //
-// in the order the engine's MLX ops compute it (crates/core/src/gated_delta.rs), so both
-// agree to float32 rounding. Two phases: the convolution, norms and gates of every token
-// (tokens spread over the pool), then the recurrence of every value head over all tokens
-// (heads spread over the pool; a head's state stays in cache for the whole chunk).
+// as the engine's MLX ops compute it (crates/core/src/gated_delta.rs), to float32 rounding.
+// Three phases: the convolution, norms and gates of every token (tokens spread over the pool);
+// the rule over all tokens for strips of kStrip value columns of every head (strips spread
+// over the pool; a strip of the state stays in L1 for the whole chunk); the output norm and
+// gate of every token.
 //
-// The loops are written once and compiled twice, for the baseline target and for AVX2+FMA
-// (chosen at run time like the matmul kernels); the compiler vectorises the inner loops over
-// channels and value dimensions.
+// The loops are written once and compiled for the baseline target, AVX2+FMA and, for the
+// rule, AVX-512 (chosen at run time like the matmul kernels); the compiler vectorises the
+// inner loops over channels and value columns, and the exponentials go through vexp.
 
 #include "kernels.h"
 
@@ -50,8 +51,9 @@ MLXNK_INLINE void l2_normalize(float* __restrict x, int64_t n) {
 
 // Phase 1 for token t of sequence b: mixed[C] = the convolved, activated and normalised
 // q | k | v, and the head gates beta[Hv], decay[Hv].
-MLXNK_INLINE void token_inputs(const DeltaArgs& a, int64_t b, int64_t t, float* __restrict mixed,
-                               float* __restrict beta, float* __restrict decay) {
+MLXNK_INLINE void token_inputs(Isa isa, const DeltaArgs& a, int64_t b, int64_t t,
+                               float* __restrict mixed, float* __restrict beta,
+                               float* __restrict decay) {
   const DeltaShape& d = a.shape;
   const int64_t C = d.channels();
   const int64_t window = d.K - 1;
@@ -64,7 +66,12 @@ MLXNK_INLINE void token_inputs(const DeltaArgs& a, int64_t b, int64_t t, float* 
     const float* __restrict w = a.conv_weight;
     for (int64_t c = 0; c < C; ++c) mixed[c] += in[c] * w[c * d.K + tap];
   }
-  for (int64_t c = 0; c < C; ++c) mixed[c] = mixed[c] * sigmoid(mixed[c]);
+  // silu, the exponentials a vector at a time.
+  thread_local std::vector<float> e;
+  e.resize(static_cast<size_t>(C));
+  for (int64_t c = 0; c < C; ++c) e[c] = -mixed[c];
+  vexp(isa, e.data(), e.data(), C);
+  for (int64_t c = 0; c < C; ++c) mixed[c] = mixed[c] * (1.0f / (1.0f + e[c]));
   const float q_scale = 1.0f / std::sqrt(static_cast<float>(d.dk));
   for (int64_t h = 0; h < d.Hk; ++h) {
     float* q = mixed + h * d.dk;
@@ -79,53 +86,116 @@ MLXNK_INLINE void token_inputs(const DeltaArgs& a, int64_t b, int64_t t, float* 
   }
 }
 
-// Phase 2 for value head j of sequence b over all T tokens; work[2 dv] is scratch.
-MLXNK_INLINE void head_recurrence(const DeltaArgs& a, const float* mixed, const float* beta,
-                                  const float* decay, int64_t b, int64_t j, float* work) {
+// Value columns a phase-2 task keeps in L1 for all of its tokens.
+constexpr int64_t kStrip = 32;
+
+// One token of the rule on a strip of kStrip value columns: rows of the state read at src
+// (stride ss) and written at dst (stride ds; IN_PLACE: read at dst, src unused), o [kStrip] out. The product
+// Sᵀk of the decayed state is taken as decay · (Sᵀk) and the update as decay·S + k δᵀ, so
+// each element is stored once; even and odd rows go into separate sums (two dependency chains
+// per column), each a fixed array the compiler keeps in registers.
+template <bool IN_PLACE>
+MLXNK_INLINE void strip_token(const float* __restrict src, int64_t ss, float* __restrict dst,
+                              int64_t ds, const float* __restrict q, const float* __restrict k,
+                              const float* __restrict v, int64_t w, float g, float bj,
+                              int64_t dk, float* __restrict o) {
+  float m0[kStrip] = {}, m1[kStrip] = {};
+  for (int64_t i = 0; i < dk; i += 2) {
+    const float* s0 = (IN_PLACE ? dst : src) + i * (IN_PLACE ? ds : ss);
+    const float k0 = k[i];
+    for (int64_t c = 0; c < kStrip; ++c) m0[c] += k0 * s0[c];
+    if (i + 1 == dk) break;
+    const float* s1 = s0 + (IN_PLACE ? ds : ss);
+    const float k1 = k[i + 1];
+    for (int64_t c = 0; c < kStrip; ++c) m1[c] += k1 * s1[c];
+  }
+  float delta[kStrip];
+  for (int64_t c = 0; c < kStrip; ++c) {
+    delta[c] = ((c < w ? v[c] : 0.0f) - g * (m0[c] + m1[c])) * bj;
+  }
+  float o0[kStrip] = {}, o1[kStrip] = {};
+  for (int64_t i = 0; i < dk; i += 2) {
+    float* u0 = dst + i * ds;
+    const float* s0 = IN_PLACE ? u0 : src + i * ss;
+    const float k0 = k[i], q0 = q[i];
+    for (int64_t c = 0; c < kStrip; ++c) {
+      u0[c] = s0[c] * g + k0 * delta[c];
+      o0[c] += q0 * u0[c];
+    }
+    if (i + 1 == dk) break;
+    float* u1 = u0 + ds;
+    const float* s1 = IN_PLACE ? u1 : s0 + ss;
+    const float k1 = k[i + 1], q1 = q[i + 1];
+    for (int64_t c = 0; c < kStrip; ++c) {
+      u1[c] = s1[c] * g + k1 * delta[c];
+      o1[c] += q1 * u1[c];
+    }
+  }
+  for (int64_t c = 0; c < kStrip; ++c) o[c] = o0[c] + o1[c];
+}
+
+// Phase 2 for value columns [c0, c0 + kStrip) of value head j of sequence b, over all T tokens.
+// Each column of S evolves on its own (the rule mixes S's rows through k, never its columns),
+// so the strip's dk × kStrip block is read once, kept in L1 as `st` for the whole chunk and
+// written once: the first token reads it from state_in, the last writes it to state. (A strip
+// narrower than kStrip, at the end of a row, goes through `st` zero-padded instead.) Leaves the
+// raw o in y for phase 3.
+MLXNK_INLINE void strip_recurrence(const DeltaArgs& a, const float* mixed, const float* beta,
+                                   const float* decay, int64_t b, int64_t j, int64_t c0,
+                                   float* st) {
   const DeltaShape& d = a.shape;
   const int64_t C = d.channels();
   const int64_t dk = d.dk, dv = d.dv;
+  const int64_t w = std::min(kStrip, dv - c0);
   const int64_t h = j / (d.Hv / d.Hk);  // consecutive value heads share a key head
-  const float* prev = a.state_in + (b * d.Hv + j) * dk * dv;
-  float* __restrict S = a.state + (b * d.Hv + j) * dk * dv;
-  float* __restrict mem = work;
-  float* __restrict o = work + dv;
+  const float* in = a.state_in + (b * d.Hv + j) * dk * dv + c0;
+  float* out = a.state + (b * d.Hv + j) * dk * dv + c0;
+  const bool full = w == kStrip;
+  if (!full) {
+    for (int64_t i = 0; i < dk; ++i) {
+      for (int64_t c = 0; c < kStrip; ++c) st[i * kStrip + c] = c < w ? in[i * dv + c] : 0.0f;
+    }
+  }
   for (int64_t t = 0; t < d.T; ++t) {
     const int64_t bt = b * d.T + t;
-    const float* __restrict q = mixed + bt * C + h * dk;
-    const float* __restrict k = mixed + bt * C + (d.Hk + h) * dk;
-    const float* __restrict v = mixed + bt * C + 2 * d.Hk * dk + j * dv;
+    const float* q = mixed + bt * C + h * dk;
+    const float* k = mixed + bt * C + (d.Hk + h) * dk;
+    const float* v = mixed + bt * C + 2 * d.Hk * dk + j * dv + c0;
     const float g = decay[bt * d.Hv + j];
     const float bj = beta[bt * d.Hv + j];
-    for (int64_t c = 0; c < dv; ++c) mem[c] = 0.0f;
+    float o[kStrip];
+    const bool first = full && t == 0, last = full && t == d.T - 1;
+    if (first || last) {
+      strip_token<false>(first ? in : st, first ? dv : kStrip, last ? out : st,
+                         last ? dv : kStrip, q, k, v, w, g, bj, dk, o);
+    } else {
+      strip_token<true>(nullptr, 0, st, kStrip, q, k, v, w, g, bj, dk, o);
+    }
+    float* y = a.y + bt * d.Hv * dv + j * dv + c0;
+    for (int64_t c = 0; c < w; ++c) y[c] = o[c];
+  }
+  if (!full) {
     for (int64_t i = 0; i < dk; ++i) {
-      // The first token reads the state it was given, the others the one it updates.
-      const float* __restrict from = (t == 0 ? prev : S) + i * dv;
-      float* __restrict s = S + i * dv;
-      const float ki = k[i];
-      for (int64_t c = 0; c < dv; ++c) {
-        s[c] = from[c] * g;
-        mem[c] += ki * s[c];
-      }
+      for (int64_t c = 0; c < w; ++c) out[i * dv + c] = st[i * kStrip + c];
     }
-    for (int64_t c = 0; c < dv; ++c) mem[c] = (v[c] - mem[c]) * bj;  // the delta
-    for (int64_t c = 0; c < dv; ++c) o[c] = 0.0f;
-    for (int64_t i = 0; i < dk; ++i) {
-      float* __restrict s = S + i * dv;
-      const float ki = k[i], qi = q[i];
-      for (int64_t c = 0; c < dv; ++c) {
-        s[c] += ki * mem[c];
-        o[c] += qi * s[c];
-      }
-    }
-    float ms = 0.0f;
-    for (int64_t c = 0; c < dv; ++c) ms += o[c] * o[c];
-    const float r = 1.0f / std::sqrt(ms / static_cast<float>(dv) + a.eps);
-    const float* __restrict z = a.z + bt * d.Hv * dv + j * dv;
-    float* __restrict y = a.y + bt * d.Hv * dv + j * dv;
-    for (int64_t c = 0; c < dv; ++c) {
-      y[c] = o[c] * r * a.norm_weight[c] * (z[c] * sigmoid(z[c]));
-    }
+  }
+}
+
+// Phase 3 for token bt and value head j: y ← rms_norm(o) · w · silu(z), o being phase 2's y.
+MLXNK_INLINE void gate_output(Isa isa, const DeltaArgs& a, int64_t bt, int64_t j) {
+  const DeltaShape& d = a.shape;
+  const int64_t dv = d.dv;
+  float* __restrict y = a.y + bt * d.Hv * dv + j * dv;
+  const float* __restrict z = a.z + bt * d.Hv * dv + j * dv;
+  thread_local std::vector<float> e;
+  e.resize(static_cast<size_t>(dv));
+  for (int64_t c = 0; c < dv; ++c) e[c] = -z[c];
+  vexp(isa, e.data(), e.data(), dv);
+  float ms = 0.0f;
+  for (int64_t c = 0; c < dv; ++c) ms += y[c] * y[c];
+  const float r = 1.0f / std::sqrt(ms / static_cast<float>(dv) + a.eps);
+  for (int64_t c = 0; c < dv; ++c) {
+    y[c] = y[c] * r * a.norm_weight[c] * (z[c] * (1.0f / (1.0f + e[c])));
   }
 }
 
@@ -145,25 +215,36 @@ void conv_window(const DeltaArgs& a, int64_t b) {
 
 void token_inputs_portable(const DeltaArgs& a, int64_t b, int64_t t, float* mixed, float* beta,
                            float* decay) {
-  token_inputs(a, b, t, mixed, beta, decay);
+  token_inputs(Isa::Portable, a, b, t, mixed, beta, decay);
 }
-void head_recurrence_portable(const DeltaArgs& a, const float* mixed, const float* beta,
-                              const float* decay, int64_t b, int64_t j, float* work) {
-  head_recurrence(a, mixed, beta, decay, b, j, work);
+void strip_recurrence_portable(const DeltaArgs& a, const float* mixed, const float* beta,
+                               const float* decay, int64_t b, int64_t j, int64_t c0,
+                               float* st) {
+  strip_recurrence(a, mixed, beta, decay, b, j, c0, st);
+}
+void gate_output_portable(const DeltaArgs& a, int64_t bt, int64_t j) {
+  gate_output(Isa::Portable, a, bt, j);
 }
 
 #if defined(MLXNK_X86)
 __attribute__((target("avx2,fma"))) void token_inputs_avx2(const DeltaArgs& a, int64_t b,
                                                             int64_t t, float* mixed,
                                                             float* beta, float* decay) {
-  token_inputs(a, b, t, mixed, beta, decay);
+  token_inputs(Isa::Avx2, a, b, t, mixed, beta, decay);
 }
-__attribute__((target("avx2,fma"))) void head_recurrence_avx2(const DeltaArgs& a,
-                                                               const float* mixed,
-                                                               const float* beta,
-                                                               const float* decay, int64_t b,
-                                                               int64_t j, float* work) {
-  head_recurrence(a, mixed, beta, decay, b, j, work);
+__attribute__((target("avx2,fma"))) void strip_recurrence_avx2(
+    const DeltaArgs& a, const float* mixed, const float* beta, const float* decay, int64_t b,
+    int64_t j, int64_t c0, float* st) {
+  strip_recurrence(a, mixed, beta, decay, b, j, c0, st);
+}
+__attribute__((target("avx512f,avx2,fma,prefer-vector-width=512"))) void strip_recurrence_avx512(
+    const DeltaArgs& a, const float* mixed, const float* beta, const float* decay, int64_t b,
+    int64_t j, int64_t c0, float* st) {
+  strip_recurrence(a, mixed, beta, decay, b, j, c0, st);
+}
+__attribute__((target("avx2,fma"))) void gate_output_avx2(const DeltaArgs& a, int64_t bt,
+                                                          int64_t j) {
+  gate_output(Isa::Avx2, a, bt, j);
 }
 #endif
 
@@ -179,11 +260,13 @@ void gated_delta(Isa isa, const DeltaArgs& a) {
     return;
   }
   auto token_fn = token_inputs_portable;
-  auto head_fn = head_recurrence_portable;
+  auto strip_fn = strip_recurrence_portable;
+  auto gate_fn = gate_output_portable;
 #if defined(MLXNK_X86)
   if (isa == Isa::Avx2 || isa == Isa::Avx512) {
     token_fn = token_inputs_avx2;
-    head_fn = head_recurrence_avx2;
+    strip_fn = isa == Isa::Avx512 ? strip_recurrence_avx512 : strip_recurrence_avx2;
+    gate_fn = gate_output_avx2;
   }
 #else
   (void)isa;
@@ -200,9 +283,20 @@ void gated_delta(Isa isa, const DeltaArgs& a) {
                decay.data() + bt * d.Hv);
     }
   });
-  parallel_for(d.B * d.Hv, [&](int64_t i) {
-    std::vector<float> work(static_cast<size_t>(2 * d.dv));
-    head_fn(a, mixed.data(), beta.data(), decay.data(), i / d.Hv, i % d.Hv, work.data());
+  const int64_t strips = (d.dv + kStrip - 1) / kStrip;
+  parallel_for(d.B * d.Hv * strips, [&](int64_t i) {
+    thread_local std::vector<float> st;
+    st.resize(static_cast<size_t>(d.dk * kStrip));
+    const int64_t head = i / strips;
+    strip_fn(a, mixed.data(), beta.data(), decay.data(), head / d.Hv, head % d.Hv,
+             (i % strips) * kStrip, st.data());
+  });
+  const int64_t per_gate = std::max<int64_t>(1, 64 / d.Hv);  // tokens per phase-3 task
+  parallel_for((tokens + per_gate - 1) / per_gate, [&](int64_t task) {
+    const int64_t end = std::min(tokens, (task + 1) * per_gate);
+    for (int64_t bt = task * per_gate; bt < end; ++bt) {
+      for (int64_t j = 0; j < d.Hv; ++j) gate_fn(a, bt, j);
+    }
   });
   for (int64_t b = 0; b < d.B; ++b) conv_window(a, b);
 }

@@ -107,6 +107,11 @@ enum class PointwiseOp : int { SiluMul = 0, SigmoidMul = 1 };
 // SiluMul: y = a · sigmoid(a) · b; SigmoidMul: y = a · sigmoid(b); n elements each.
 void pointwise(PointwiseOp op, const float* a, const float* b, int64_t n, float* y);
 
+// y[i] = exp(x[i]) for n floats (x and y may be the same buffer): eight lanes at a time on
+// AVX2 (range reduction to [−ln2/2, ln2/2] and a degree-6 polynomial, within 2 ulp of
+// std::exp for every float), else std::exp. `isa` resolved.
+void vexp(Isa isa, const float* x, float* y, int64_t n);
+
 // What a request runs as here: Default picks MLX_NODE_KERNELS_ISA (portable/avx2/neon/auto)
 // or the best this CPU has; an ISA this build or CPU lacks becomes Portable.
 Isa resolve_isa(Isa requested);

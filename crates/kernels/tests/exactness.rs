@@ -34,6 +34,10 @@ fn shapes(gs: i32, rng: &mut Rng) -> Vec<(i32, i32, i32)> {
         (37, 45, 640),
         (64, 1, gs * 2),
         (4, 2, gs),
+        // Whole 32-bit-word blocks of every width and vector length (the word streams), and
+        // a K of whole blocks for some widths only.
+        (1, 9, 768),
+        (1, 11, 640),
     ];
     for _ in 0..3 {
         let m = rng.pick(&[1, 2, 3, 4, 6, 9, 17, 64]);

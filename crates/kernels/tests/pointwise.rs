@@ -53,6 +53,27 @@ fn gates_match_mlx() {
 }
 
 #[test]
+fn gates_across_the_whole_exponent_range() {
+    // exp(−a) overflows for a < −88.7 and underflows for a > 87.3; a NaN stays a NaN.
+    let values: Vec<f32> = (0..=4800).map(|i| -120.0 + 0.05 * i as f32).collect();
+    let a = Array::from_slice(&values, &[values.len() as i32]);
+    let b = Array::from_slice(&vec![1.5f32; values.len()], a.shape());
+    let ours = silu_mul(&a, &b).unwrap().expect("handled");
+    let want = mlx_rs::nn::silu(&a).unwrap().multiply(&b).unwrap();
+    assert_close(&ours, &want, TOL, "silu_mul from -120 to 120");
+    let ours = sigmoid_mul(&b, &a).unwrap().expect("handled");
+    let want = b.multiply(mlx_rs::ops::sigmoid(&a).unwrap()).unwrap();
+    assert_close(&ours, &want, TOL, "sigmoid_mul from -120 to 120");
+    let nan = Array::from_slice(&[f32::NAN, 1.0, f32::INFINITY, -f32::INFINITY], &[4]);
+    let ones = Array::from_slice(&[1.0f32; 4], &[4]);
+    let y = sigmoid_mul(&ones, &nan).unwrap().expect("handled");
+    y.eval().unwrap();
+    let y = y.as_slice::<f32>();
+    assert!(y[0].is_nan(), "sigmoid(NaN) = {}", y[0]);
+    assert_eq!(&y[1..], &[1.0 / (1.0 + (-1.0f32).exp()), 1.0, 0.0]);
+}
+
+#[test]
 fn strided_inputs_and_other_dtypes() {
     let mut rng = Rng::new(0x5eed_0302);
     // A per-head slice of an interleaved projection, as the attention's q_norm sees it.
