@@ -152,6 +152,16 @@ fn fused_mixing_matches_the_ops_path() {
             batch: 2,
             chunks: &[3, 1],
         },
+        // An odd key size, and value columns two full strips of the fused rule and a part.
+        Case {
+            key_heads: 2,
+            value_heads: 2,
+            key_dim: 17,
+            value_dim: 72,
+            kernel: 4,
+            batch: 1,
+            chunks: &[6, 1],
+        },
     ];
     let mut seeds = Seeds(0x6a7e_d000);
     for case in &cases {

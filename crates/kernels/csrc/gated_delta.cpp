@@ -90,10 +90,10 @@ MLXNK_INLINE void token_inputs(Isa isa, const DeltaArgs& a, int64_t b, int64_t t
 constexpr int64_t kStrip = 32;
 
 // One token of the rule on a strip of kStrip value columns: rows of the state read at src
-// (stride ss) and written at dst (stride ds; IN_PLACE: read at dst, src unused), o [kStrip] out. The product
-// Sᵀk of the decayed state is taken as decay · (Sᵀk) and the update as decay·S + k δᵀ, so
-// each element is stored once; even and odd rows go into separate sums (two dependency chains
-// per column), each a fixed array the compiler keeps in registers.
+// (stride ss) and written at dst (stride ds; IN_PLACE: read at dst, src unused), o [kStrip]
+// out. The product Sᵀk of the decayed state is taken as decay · (Sᵀk) and the update as
+// decay·S + k δᵀ, so each element is stored once; even and odd rows go into separate sums (two
+// dependency chains per column), each a fixed array the compiler keeps in registers.
 template <bool IN_PLACE>
 MLXNK_INLINE void strip_token(const float* __restrict src, int64_t ss, float* __restrict dst,
                               int64_t ds, const float* __restrict q, const float* __restrict k,
