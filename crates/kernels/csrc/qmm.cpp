@@ -742,6 +742,112 @@ void straddle_stream_avx2(const QMatrix& w, const float* x, const float* xsum, f
   }
 }
 
+// The single-row stream for 3 bits as 32-bit words too: a block of 64 codes (24 bytes) is
+// spread with one cross-lane dword permute and one byte shuffle into eight words of three
+// bytes, word ℓ holding codes 8ℓ … 8ℓ + 7 (code j at bit 3j); then, as in word_stream_avx2,
+// one AND, one convert and one FMA per code against activations permuted and pre-scaled to
+// match (permute_gathered), and sums that start at −mid · Σ x. (The same scheme for 5 and
+// 6 bits, four codes per word, measured slower than the byte decoder below: a 32-code block
+// leaves too little work per shuffle.)
+struct Gathered3 {
+  static constexpr int kPerWord = 8;
+  static constexpr int64_t kBlock = 64;  // codes
+  static constexpr int64_t kBytes = 24;
+  static constexpr int64_t kRead = 32;  // bytes one load reads
+  static constexpr int kHighHalf = 12;  // first byte of the words shuffled into the high half
+};
+
+template <int LANES>
+void permute_gathered(const float* x, int64_t K, float* xp) {
+  using B = Gathered3;
+  const float mid = 4.0f;
+  float* centre = xp + K;
+  for (int64_t blk = 0; blk < K; blk += B::kBlock) {
+    float* c = centre + 2 * LANES * (blk / B::kBlock);
+    for (int l = 0; l < LANES; ++l) {
+      float sums[2] = {0.0f, 0.0f};
+      for (int j = 0; j < B::kPerWord; ++j) {
+        const float v = x[blk + B::kPerWord * l + j];
+        xp[blk + LANES * j + l] = v / static_cast<float>(1u << (3 * j));
+        sums[j & 1] += v;
+      }
+      c[l] = -mid * sums[0];
+      c[LANES + l] = -mid * sums[1];
+    }
+  }
+}
+
+MLXNK_AVX2 void gathered_stream_avx2(const QMatrix& w, const float* xp, const float* xsum,
+                                     const float* x, float* y, int64_t n0, int64_t n1,
+                                     float* sbuf, float* bbuf) {
+  using B = Gathered3;
+  constexpr int BITS = 3;
+  constexpr int CPW = B::kPerWord;
+  const int64_t K = w.K;
+  const int gs = w.group_size;
+  const int64_t G = K / gs;
+  const int64_t rb = K * BITS / 8;
+  const int64_t per_block = gs < B::kBlock ? B::kBlock / gs : 0;
+  const float* centre = xp + K;
+  alignas(32) int8_t control[32];
+  alignas(32) int32_t words[8], masks[CPW][8], groups[8];
+  for (int l = 0; l < 8; ++l) {
+    const int base = l < 4 ? 0 : B::kHighHalf;  // of the 16 bytes in word l's half
+    for (int b = 0; b < 4; ++b) {
+      control[4 * l + b] = b < 3 ? static_cast<int8_t>(3 * l + b - base) : int8_t{-128};
+    }
+    words[l] = base / 4 + l % 4;
+    for (int j = 0; j < CPW; ++j) masks[j][l] = ((1 << BITS) - 1) << (BITS * j);
+    groups[l] = static_cast<int32_t>(CPW * l / gs);
+  }
+  const __m256i shuffle = _mm256_load_si256(reinterpret_cast<const __m256i*>(control));
+  const __m256i spread = _mm256_load_si256(reinterpret_cast<const __m256i*>(words));
+  const __m256i lane_group = _mm256_load_si256(reinterpret_cast<const __m256i*>(groups));
+  const __m256i first_groups = _mm256_cmpgt_epi32(
+      _mm256_set1_epi32(static_cast<int>(per_block)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  for (int64_t nb = n0; nb < n1; nb += kRowBatch) {
+    const int64_t nr = std::min(kRowBatch, n1 - nb);
+    const float* sc = rows_f32(w.scales, w.scale_type, nb, nr, G, sbuf);
+    const float* bi = rows_f32(w.biases, w.bias_type, nb, nr, G, bbuf);
+    prefetch_rows(w.scales, w.scale_type, nb + nr, kRowBatch, G, w.N);
+    prefetch_rows(w.biases, w.bias_type, nb + nr, kRowBatch, G, w.N);
+    for (int64_t r = 0; r < nr; ++r) {
+      const uint8_t* c = w.codes + (nb + r) * rb;
+      const float* s = sc + r * G;
+      if (c + rb - B::kBytes + B::kRead > w.codes_end) {
+        // The last rows of the buffer: the byte-exact decoder.
+        straddle_row_avx2<BITS, true>(c, s, bi + r * G, G, gs, x, xsum, y + nb + r);
+        continue;
+      }
+      __m256 tot = _mm256_setzero_ps();
+      const float* xk = xp;
+      for (int64_t k = 0; k < K; k += B::kBlock, c += B::kBytes, xk += B::kBlock) {
+        _mm_prefetch(reinterpret_cast<const char*>(c) + kPrefetchBytes, _MM_HINT_T0);
+        const __m256i v = _mm256_shuffle_epi8(
+            _mm256_permutevar8x32_epi32(
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c)), spread),
+            shuffle);
+        __m256 acc[2] = {_mm256_loadu_ps(centre + 16 * (k / B::kBlock)),
+                         _mm256_loadu_ps(centre + 16 * (k / B::kBlock) + 8)};
+#pragma GCC unroll 8
+        for (int j = 0; j < CPW; ++j) {
+          const __m256i q = _mm256_and_si256(
+              v, _mm256_load_si256(reinterpret_cast<const __m256i*>(masks[j])));
+          acc[j & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q), _mm256_loadu_ps(xk + 8 * j),
+                                       acc[j & 1]);
+        }
+        const float* sk = s + k / gs;
+        const __m256 scale =
+            per_block == 0 ? _mm256_broadcast_ss(sk)
+                           : _mm256_permutevar8x32_ps(_mm256_maskload_ps(sk, first_groups),
+                                                      lane_group);
+        tot = _mm256_fmadd_ps(_mm256_add_ps(acc[0], acc[1]), scale, tot);
+      }
+      y[nb + r] = hsum_avx2(tot) + bias_dot_avx2(s, bi + r * G, 1 << (BITS - 1), xsum, G);
+    }
+  }
+}
+
 // The same single-row stream with 16-lane vectors (AVX-512F), for CPUs that have it: the 32
 // codes of a block become two vectors (the AVX2 path's vectors 0|1 and 2|3), against the same
 // permuted activations.
@@ -1083,6 +1189,15 @@ void columns_avx2(const QMatrix& w, const float* x, int64_t ldx, int64_t M, floa
         float t = 0.0f;
         for (int i = 0; i < gs; ++i) t += x[g * gs + i];
         xsum[g] = t;
+      }
+      if constexpr (BITS == 3) {
+        if (K % Gathered3::kBlock == 0) {
+          std::vector<float> xp(static_cast<size_t>(K + 2 * K / Gathered3::kPerWord));
+          permute_gathered<8>(x, K, xp.data());
+          gathered_stream_avx2(w, xp.data(), xsum.data(), x, y, n0, n1, sbuf.data(),
+                               bbuf.data());
+          return;
+        }
       }
       straddle_stream_avx2<BITS>(w, x, xsum.data(), y, n0, n1, sbuf.data(), bbuf.data());
       return;
