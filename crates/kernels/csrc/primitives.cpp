@@ -374,10 +374,30 @@ void run_on_cpu(const mx::Stream& stream, const std::vector<mx::array>& inputs, 
 }
 
 
-class QuantizedMatmulCpu : public mx::UnaryPrimitive {
+// A one-output primitive of ours: evaluated on CPU streams only (the engine builds it only
+// there and uses `fallback`, MLX's own op, everywhere else).
+class CpuUnaryPrimitive : public mx::UnaryPrimitive {
+ public:
+  CpuUnaryPrimitive(mx::Stream stream, const char* fallback)
+      : mx::UnaryPrimitive(stream), fallback_(fallback) {}
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error(std::string("[mlx-node kernels] ") + name() +
+                             " runs on CPU streams only; use MLX's " + fallback_ +
+                             " on other devices");
+  }
+
+ private:
+  const char* fallback_;
+};
+
+class QuantizedMatmulCpu : public CpuUnaryPrimitive {
  public:
   QuantizedMatmulCpu(mx::Stream stream, int group_size, int bits, Isa isa)
-      : mx::UnaryPrimitive(stream), group_size_(group_size), bits_(bits), isa_(isa) {}
+      : CpuUnaryPrimitive(stream, "quantized_matmul"),
+        group_size_(group_size),
+        bits_(bits),
+        isa_(isa) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     run_on_cpu(stream(), inputs, out,
@@ -385,12 +405,6 @@ class QuantizedMatmulCpu : public mx::UnaryPrimitive {
                                                             mx::array& y) {
                  eval_qmm(y, in[0], in[1], in[2], in[3], gs, bits, isa);
                });
-  }
-
-  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
-    throw std::runtime_error(
-        "[mlx-node kernels] QuantizedMatmul runs on CPU streams only; use MLX's "
-        "quantized_matmul on other devices");
   }
 
   const char* name() const override { return "MlxNodeQuantizedMatmul"; }
@@ -412,10 +426,13 @@ class QuantizedMatmulCpu : public mx::UnaryPrimitive {
   Isa isa_;
 };
 
-class GatherQmmCpu : public mx::UnaryPrimitive {
+class GatherQmmCpu : public CpuUnaryPrimitive {
  public:
   GatherQmmCpu(mx::Stream stream, int group_size, int bits, Isa isa)
-      : mx::UnaryPrimitive(stream), group_size_(group_size), bits_(bits), isa_(isa) {}
+      : CpuUnaryPrimitive(stream, "gather_qmm"),
+        group_size_(group_size),
+        bits_(bits),
+        isa_(isa) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     run_on_cpu(stream(), inputs, out,
@@ -423,12 +440,6 @@ class GatherQmmCpu : public mx::UnaryPrimitive {
                                                             mx::array& y) {
                  eval_gather(y, in[0], in[1], in[2], in[3], in[4], in[5], gs, bits, isa);
                });
-  }
-
-  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
-    throw std::runtime_error(
-        "[mlx-node kernels] GatherQmm runs on CPU streams only; use MLX's gather_qmm on "
-        "other devices");
   }
 
   const char* name() const override { return "MlxNodeGatherQmm"; }
@@ -527,10 +538,10 @@ class GatedDeltaCpu : public mx::Primitive {
 
 
 // rms_norm (inputs x, w; op < 0) or a PointwiseOp (inputs a, b), float32.
-class PointwiseCpu : public mx::UnaryPrimitive {
+class PointwiseCpu : public CpuUnaryPrimitive {
  public:
   PointwiseCpu(mx::Stream stream, int op, float eps)
-      : mx::UnaryPrimitive(stream), op_(op), eps_(eps) {}
+      : CpuUnaryPrimitive(stream, "ops"), op_(op), eps_(eps) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     run_on_cpu(stream(), inputs, out,
@@ -547,11 +558,6 @@ class PointwiseCpu : public mx::UnaryPrimitive {
                              static_cast<int64_t>(in[0].size()), y.data<float>());
                  }
                });
-  }
-
-  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
-    throw std::runtime_error(
-        "[mlx-node kernels] Pointwise runs on CPU streams only; use MLX's ops on other devices");
   }
 
   const char* name() const override { return "MlxNodePointwise"; }
@@ -572,10 +578,13 @@ class PointwiseCpu : public mx::UnaryPrimitive {
 
 
 // Inputs q, k, v (float32); output o like MLX's scaled_dot_product_attention.
-class AttentionCpu : public mx::UnaryPrimitive {
+class AttentionCpu : public CpuUnaryPrimitive {
  public:
   AttentionCpu(mx::Stream stream, float scale, bool causal, Isa isa)
-      : mx::UnaryPrimitive(stream), scale_(scale), causal_(causal), isa_(isa) {}
+      : CpuUnaryPrimitive(stream, "scaled_dot_product_attention"),
+        scale_(scale),
+        causal_(causal),
+        isa_(isa) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     run_on_cpu(stream(), inputs, out,
@@ -601,12 +610,6 @@ class AttentionCpu : public mx::UnaryPrimitive {
                });
   }
 
-  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
-    throw std::runtime_error(
-        "[mlx-node kernels] Attention runs on CPU streams only; use MLX's "
-        "scaled_dot_product_attention on other devices");
-  }
-
   const char* name() const override { return "MlxNodeAttention"; }
 
   bool is_equivalent(const mx::Primitive& other) const override {
@@ -628,20 +631,15 @@ class AttentionCpu : public mx::UnaryPrimitive {
 
 
 // x · wᵀ for a dense w [N, K] of any float type and float32 x.
-class DenseMatmulCpu : public mx::UnaryPrimitive {
+class DenseMatmulCpu : public CpuUnaryPrimitive {
  public:
-  DenseMatmulCpu(mx::Stream stream, Isa isa) : mx::UnaryPrimitive(stream), isa_(isa) {}
+  DenseMatmulCpu(mx::Stream stream, Isa isa)
+      : CpuUnaryPrimitive(stream, "matmul"), isa_(isa) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     run_on_cpu(stream(), inputs, out, [isa = isa_](const std::vector<mx::array>& in, mx::array& y) {
       eval_dense(y, in[0], in[1], isa);
     });
-  }
-
-  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
-    throw std::runtime_error(
-        "[mlx-node kernels] DenseMatmul runs on CPU streams only; use MLX's matmul on other "
-        "devices");
   }
 
   const char* name() const override { return "MlxNodeDenseMatmul"; }
@@ -663,10 +661,10 @@ class DenseMatmulCpu : public mx::UnaryPrimitive {
 
 
 // Inputs x [B, N, T, D] and freqs [dims / 2] (float32); NeoX rotary embedding from `offset`.
-class RopeCpu : public mx::UnaryPrimitive {
+class RopeCpu : public CpuUnaryPrimitive {
  public:
   RopeCpu(mx::Stream stream, int dims, int offset)
-      : mx::UnaryPrimitive(stream), dims_(dims), offset_(offset) {}
+      : CpuUnaryPrimitive(stream, "fast::rope"), dims_(dims), offset_(offset) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     run_on_cpu(stream(), inputs, out,
@@ -685,12 +683,6 @@ class RopeCpu : public mx::UnaryPrimitive {
                  a.offset = offset;
                  rope(a);
                });
-  }
-
-  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
-    throw std::runtime_error(
-        "[mlx-node kernels] Rope runs on CPU streams only; use MLX's fast::rope on other "
-        "devices");
   }
 
   const char* name() const override { return "MlxNodeRope"; }

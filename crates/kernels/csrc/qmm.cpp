@@ -535,6 +535,23 @@ constexpr int64_t kPrefetchBytes = 2048;
 // the callers' scratch holds kTileRows rows of them.
 constexpr int64_t kRowBatch = kTileRows;
 
+// A single-row stream's batch: the count rows from `first` (at most kRowBatch, not past `end`)
+// with their scales and biases as float32 (rows_f32), the next batch's prefetched.
+struct RowBatch {
+  int64_t count;
+  const float* scales;
+  const float* biases;
+};
+
+RowBatch row_batch(const QMatrix& w, int64_t first, int64_t end, float* sbuf, float* bbuf) {
+  const int64_t G = w.K / w.group_size;
+  const int64_t count = std::min(kRowBatch, end - first);
+  prefetch_rows(w.scales, w.scale_type, first + count, kRowBatch, G, w.N);
+  prefetch_rows(w.biases, w.bias_type, first + count, kRowBatch, G, w.N);
+  return {count, rows_f32(w.scales, w.scale_type, first, count, G, sbuf),
+          rows_f32(w.biases, w.bias_type, first, count, G, bbuf)};
+}
+
 template <int BITS>
 MLXNK_AVX2 void row_stream_avx2(const QMatrix& w, const float* xp, const float* xsum, float* y,
                                 int64_t n0, int64_t n1, float* sbuf, float* bbuf) {
@@ -544,9 +561,10 @@ MLXNK_AVX2 void row_stream_avx2(const QMatrix& w, const float* xp, const float* 
   const int64_t rb = K * BITS / 8;
   const int blocks = gs / 32;
   for (int64_t nb = n0; nb < n1; nb += kRowBatch) {
-    const int64_t nr = std::min(kRowBatch, n1 - nb);
-    const float* sc = rows_f32(w.scales, w.scale_type, nb, nr, G, sbuf);
-    const float* bi = rows_f32(w.biases, w.bias_type, nb, nr, G, bbuf);
+    const RowBatch batch = row_batch(w, nb, n1, sbuf, bbuf);
+    const int64_t nr = batch.count;
+    const float* sc = batch.scales;
+    const float* bi = batch.biases;
     for (int64_t r = 0; r < nr; ++r) {
       const uint8_t* c = w.codes + (nb + r) * rb;
       const float* s = sc + r * G;
@@ -658,11 +676,10 @@ MLXNK_AVX2 void word_stream_avx2(const QMatrix& w, const float* xp, const float*
       _mm256_set1_epi32(static_cast<int>(per_block)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   const __m256i low = _mm256_set1_epi32((1 << BITS) - 1);
   for (int64_t nb = n0; nb < n1; nb += kRowBatch) {
-    const int64_t nr = std::min(kRowBatch, n1 - nb);
-    const float* sc = rows_f32(w.scales, w.scale_type, nb, nr, G, sbuf);
-    const float* bi = rows_f32(w.biases, w.bias_type, nb, nr, G, bbuf);
-    prefetch_rows(w.scales, w.scale_type, nb + nr, kRowBatch, G, w.N);
-    prefetch_rows(w.biases, w.bias_type, nb + nr, kRowBatch, G, w.N);
+    const RowBatch batch = row_batch(w, nb, n1, sbuf, bbuf);
+    const int64_t nr = batch.count;
+    const float* sc = batch.scales;
+    const float* bi = batch.biases;
     for (int64_t r = 0; r < nr; ++r) {
       const uint8_t* c = w.codes + (nb + r) * rb;
       const float* s = sc + r * G;
@@ -728,9 +745,10 @@ void straddle_stream_avx2(const QMatrix& w, const float* x, const float* xsum, f
   const int64_t G = K / gs;
   const int64_t rb = K * BITS / 8;
   for (int64_t nb = n0; nb < n1; nb += kRowBatch) {
-    const int64_t nr = std::min(kRowBatch, n1 - nb);
-    const float* sc = rows_f32(w.scales, w.scale_type, nb, nr, G, sbuf);
-    const float* bi = rows_f32(w.biases, w.bias_type, nb, nr, G, bbuf);
+    const RowBatch batch = row_batch(w, nb, n1, sbuf, bbuf);
+    const int64_t nr = batch.count;
+    const float* sc = batch.scales;
+    const float* bi = batch.biases;
     for (int64_t r = 0; r < nr; ++r) {
       const uint8_t* c = w.codes + (nb + r) * rb;
       if (needs_exact_reads<BITS>(c + rb, w.codes_end)) {
@@ -806,11 +824,10 @@ MLXNK_AVX2 void gathered_stream_avx2(const QMatrix& w, const float* xp, const fl
   const __m256i first_groups = _mm256_cmpgt_epi32(
       _mm256_set1_epi32(static_cast<int>(per_block)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   for (int64_t nb = n0; nb < n1; nb += kRowBatch) {
-    const int64_t nr = std::min(kRowBatch, n1 - nb);
-    const float* sc = rows_f32(w.scales, w.scale_type, nb, nr, G, sbuf);
-    const float* bi = rows_f32(w.biases, w.bias_type, nb, nr, G, bbuf);
-    prefetch_rows(w.scales, w.scale_type, nb + nr, kRowBatch, G, w.N);
-    prefetch_rows(w.biases, w.bias_type, nb + nr, kRowBatch, G, w.N);
+    const RowBatch batch = row_batch(w, nb, n1, sbuf, bbuf);
+    const int64_t nr = batch.count;
+    const float* sc = batch.scales;
+    const float* bi = batch.biases;
     for (int64_t r = 0; r < nr; ++r) {
       const uint8_t* c = w.codes + (nb + r) * rb;
       const float* s = sc + r * G;
@@ -895,9 +912,10 @@ MLXNK_AVX512 void row_stream_avx512(const QMatrix& w, const float* xp, const flo
   const int64_t rb = K * BITS / 8;
   const int blocks = gs / 32;
   for (int64_t nb = n0; nb < n1; nb += kRowBatch) {
-    const int64_t nr = std::min(kRowBatch, n1 - nb);
-    const float* sc = rows_f32(w.scales, w.scale_type, nb, nr, G, sbuf);
-    const float* bi = rows_f32(w.biases, w.bias_type, nb, nr, G, bbuf);
+    const RowBatch batch = row_batch(w, nb, n1, sbuf, bbuf);
+    const int64_t nr = batch.count;
+    const float* sc = batch.scales;
+    const float* bi = batch.biases;
     for (int64_t r = 0; r < nr; ++r) {
       const uint8_t* c = w.codes + (nb + r) * rb;
       const float* s = sc + r * G;
@@ -957,11 +975,10 @@ MLXNK_AVX512 void word_stream_avx512(const QMatrix& w, const float* xp, const fl
   const __mmask16 first_groups = static_cast<__mmask16>((1u << per_block) - 1);
   const __m512i low = _mm512_set1_epi32((1 << BITS) - 1);
   for (int64_t nb = n0; nb < n1; nb += kRowBatch) {
-    const int64_t nr = std::min(kRowBatch, n1 - nb);
-    const float* sc = rows_f32(w.scales, w.scale_type, nb, nr, G, sbuf);
-    const float* bi = rows_f32(w.biases, w.bias_type, nb, nr, G, bbuf);
-    prefetch_rows(w.scales, w.scale_type, nb + nr, kRowBatch, G, w.N);
-    prefetch_rows(w.biases, w.bias_type, nb + nr, kRowBatch, G, w.N);
+    const RowBatch batch = row_batch(w, nb, n1, sbuf, bbuf);
+    const int64_t nr = batch.count;
+    const float* sc = batch.scales;
+    const float* bi = batch.biases;
     for (int64_t r = 0; r < nr; ++r) {
       const uint8_t* c = w.codes + (nb + r) * rb;
       const float* s = sc + r * G;
