@@ -2,52 +2,84 @@
 //! conv window and recurrent state of the Gated DeltaNet layers. MLX arrays are immutable and
 //! reference counted, so a snapshot is a cheap copy of handles, not of data.
 
-use mlx_rs::ops::concatenate;
+use mlx_rs::ops::zeros_dtype;
 use mlx_rs::Array;
 
 use crate::error::{fail, ErrorCode, Result};
-use crate::linear::slice_axis;
+use crate::linear::{slice_axis, update_axis};
 
-/// Keys and values `[B, kv_heads, T, head_dim]` of one attention layer, after k_norm and RoPE.
+/// Positions a key/value buffer grows by: each step copies what the buffer holds once, and
+/// in between every token is written in place.
+const KV_STEP: i32 = 256;
+
+/// Keys and values of one attention layer, after k_norm and RoPE: buffers `[B, kv_heads,
+/// capacity, head_dim]` whose first `len` positions are the sequence. Appending writes into
+/// the buffer (in place when no snapshot shares it) instead of copying the whole cache per
+/// token, and attention reads a view of the first `len` positions.
 #[derive(Clone, Debug, Default)]
 pub struct KvCache {
     keys: Option<Array>,
     values: Option<Array>,
+    len: usize,
+}
+
+/// `buf` with room for `needed` positions on axis 2: itself, or a new buffer of the next
+/// multiple of [`KV_STEP`] holding its first `len` positions.
+fn reserve(buf: Option<Array>, like: &Array, len: i32, needed: i32) -> Result<Array> {
+    if let Some(buf) = &buf {
+        if buf.shape()[2] >= needed {
+            return Ok(buf.clone());
+        }
+    }
+    let capacity = (needed + KV_STEP - 1) / KV_STEP * KV_STEP;
+    let s = like.shape();
+    let fresh = zeros_dtype(&[s[0], s[1], capacity, s[3]], like.dtype())?;
+    Ok(match buf {
+        Some(old) if len > 0 => update_axis(&fresh, &slice_axis(&old, 2, 0, len)?, 2, 0)?,
+        _ => fresh,
+    })
 }
 
 impl KvCache {
     /// Number of positions held.
     pub fn len(&self) -> usize {
-        self.keys.as_ref().map_or(0, |k| k.shape()[2] as usize)
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
-    /// Appends new keys/values and returns all of them.
+    /// Appends new keys/values `[B, kv_heads, T, head_dim]` and returns views of all of them.
     pub fn extend(&mut self, keys: Array, values: Array) -> Result<(Array, Array)> {
-        let (k, v) = match (self.keys.take(), self.values.take()) {
-            (Some(k0), Some(v0)) => (concatenate(&[k0, keys], 2)?, concatenate(&[v0, values], 2)?),
-            _ => (keys, values),
-        };
-        self.keys = Some(k.clone());
-        self.values = Some(v.clone());
-        Ok((k, v))
+        let len = self.len as i32;
+        let end = len + keys.shape()[2];
+        // The old handles are dropped before the writes are evaluated, so MLX can donate the
+        // buffers to them.
+        let k = update_axis(&reserve(self.keys.take(), &keys, len, end)?, &keys, 2, len)?;
+        let v = update_axis(
+            &reserve(self.values.take(), &values, len, end)?,
+            &values,
+            2,
+            len,
+        )?;
+        let views = (slice_axis(&k, 2, 0, end)?, slice_axis(&v, 2, 0, end)?);
+        self.keys = Some(k);
+        self.values = Some(v);
+        self.len = end as usize;
+        Ok(views)
     }
 
-    /// Keeps the first `len` positions.
+    /// Keeps the first `len` positions (the buffers stay; later appends overwrite the rest).
     pub fn truncate(&mut self, len: usize) -> Result<()> {
-        if len >= self.len() {
+        if len >= self.len {
             return Ok(());
         }
         if len == 0 {
             *self = KvCache::default();
             return Ok(());
         }
-        let n = len as i32;
-        self.keys = Some(slice_axis(self.keys.as_ref().unwrap(), 2, 0, n)?);
-        self.values = Some(slice_axis(self.values.as_ref().unwrap(), 2, 0, n)?);
+        self.len = len;
         Ok(())
     }
 
@@ -176,17 +208,57 @@ mod tests {
         mlx_rs::ops::full::<f32>(&[1, 2, t, 4], Array::from_f32(fill)).unwrap()
     }
 
+    /// Position p of head 0 of a `[1, 2, T, 4]` view.
+    fn at(a: &Array, p: usize) -> f32 {
+        let a = a.contiguous().unwrap();
+        a.eval().unwrap();
+        a.as_slice::<f32>()[p * 4]
+    }
+
     #[test]
     fn kv_cache_extends_and_truncates() {
         let mut c = KvCache::default();
         c.extend(kv(3, 1.0), kv(3, 1.0)).unwrap();
-        let (k, _) = c.extend(kv(2, 2.0), kv(2, 2.0)).unwrap();
+        let (k, v) = c.extend(kv(2, 2.0), kv(2, 2.0)).unwrap();
         assert_eq!(k.shape(), [1, 2, 5, 4]);
+        assert_eq!(v.shape(), [1, 2, 5, 4]);
+        assert_eq!((at(&k, 2), at(&k, 3)), (1.0, 2.0));
         c.truncate(4).unwrap();
         assert_eq!(c.len(), 4);
-        let k = c.keys.clone().unwrap().contiguous().unwrap();
-        k.eval().unwrap();
-        assert_eq!(k.as_slice::<f32>()[3 * 4], 2.0);
+        // The next append overwrites position 4 and is what a view of 5 positions shows.
+        let (k, _) = c.extend(kv(1, 3.0), kv(1, 3.0)).unwrap();
+        assert_eq!(k.shape(), [1, 2, 5, 4]);
+        assert_eq!((at(&k, 3), at(&k, 4)), (2.0, 3.0));
+    }
+
+    #[test]
+    fn kv_cache_grows_past_its_step_and_keeps_snapshots_intact() {
+        let mut c = KvCache::default();
+        let first = KV_STEP as usize - 1;
+        c.extend(kv(first as i32, 1.0), kv(first as i32, 1.0))
+            .unwrap();
+        let kept = c.clone();
+        // Fills the first buffer, then one that crosses into a new, larger one.
+        c.extend(kv(1, 2.0), kv(1, 2.0)).unwrap();
+        let (k, _) = c.extend(kv(3, 3.0), kv(3, 3.0)).unwrap();
+        assert_eq!(k.shape()[2] as usize, first + 4);
+        assert_eq!(c.keys.as_ref().unwrap().shape()[2], 2 * KV_STEP);
+        assert_eq!(
+            (
+                at(&k, 0),
+                at(&k, first - 1),
+                at(&k, first),
+                at(&k, first + 3)
+            ),
+            (1.0, 1.0, 2.0, 3.0)
+        );
+        // The clone taken before shared the first buffer, so the writes after it were copies.
+        assert_eq!(at(kept.keys.as_ref().unwrap(), first), 0.0);
+        let mut back = kept;
+        let (k, _) = back.extend(kv(1, 9.0), kv(1, 9.0)).unwrap();
+        assert_eq!((at(&k, first - 1), at(&k, first)), (1.0, 9.0));
+        let (k, _) = c.extend(kv(0, 0.0), kv(0, 0.0)).unwrap();
+        assert_eq!(at(&k, first), 2.0);
     }
 
     #[test]

@@ -186,6 +186,48 @@ pub fn slice_axis(a: &Array, axis: i32, start: i32, end: i32) -> Result<Array> {
     }
 }
 
+/// `a` with `update` written over `[start, start + len)` of one axis (the update's length
+/// there; its other axes match `a`'s). MLX reuses `a`'s buffer when nothing else holds it, so
+/// a cache that drops its handle first is updated in place.
+pub fn update_axis(a: &Array, update: &Array, axis: i32, start: i32) -> Result<Array> {
+    let ndim = a.ndim() as i32;
+    let axis = if axis < 0 { axis + ndim } else { axis };
+    let mut starts = vec![0i32; ndim as usize];
+    let mut stops: Vec<i32> = a.shape().to_vec();
+    starts[axis as usize] = start;
+    stops[axis as usize] = start + update.shape()[axis as usize];
+    let strides = vec![1i32; ndim as usize];
+    let stream = mlx_rs::Stream::thread_local_or_default();
+    // SAFETY: mlx_slice_update reads the three arrays of `ndim` ints and writes a new handle.
+    unsafe {
+        let mut res = mlx_sys::mlx_array_new();
+        let status = mlx_sys::mlx_slice_update(
+            &mut res,
+            a.as_ptr(),
+            update.as_ptr(),
+            starts.as_ptr(),
+            starts.len(),
+            stops.as_ptr(),
+            stops.len(),
+            strides.as_ptr(),
+            strides.len(),
+            stream.as_ref().as_ptr(),
+        );
+        let out = Array::from_ptr(res);
+        if status != 0 {
+            return Err(crate::Error::new(
+                crate::ErrorCode::Mlx,
+                format!(
+                    "writing {:?} into axis {axis} of {:?} at {start} failed",
+                    update.shape(),
+                    a.shape()
+                ),
+            ));
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

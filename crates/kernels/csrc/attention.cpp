@@ -2,7 +2,8 @@
 // every key it may see (all of them, or causally the ones up to its own position when the
 // queries are the last T of the L keys), a softmax and the weighted sum of the values, with
 // grouped key/value heads (query head h reads key head h / (Hq / Hkv)). The order follows
-// MLX's own CPU path: q scaled first, scores, max-shifted exponentials, then the sum.
+// MLX's own CPU path: q scaled first, scores, max-shifted exponentials, then the sum (each
+// score summed in vector-wide partial sums rather than in one running sum).
 // Query rows are spread over the pool.
 
 #include "kernels.h"
@@ -18,6 +19,27 @@
 namespace mlxnk {
 namespace {
 
+// q · k over n elements in kLanes independent partial sums (vector lanes once compiled for
+// an ISA), added pairwise at the end: one running sum is a chain of n dependent adds, which
+// at head size 256 made the scores, not the memory, the cost of a long context.
+constexpr int64_t kLanes = 16;
+// Output columns of the weighted sum of values kept in registers at once.
+constexpr int64_t kBlock = 64;
+
+inline __attribute__((always_inline)) float dot(const float* __restrict q,
+                                                const float* __restrict k, int64_t n) {
+  float acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) acc[l] += q[i + l] * k[i + l];
+  }
+  for (int64_t l = 0; i < n; ++i, ++l) acc[l] += q[i] * k[i];
+  for (int64_t w = kLanes / 2; w > 0; w /= 2) {
+    for (int64_t l = 0; l < w; ++l) acc[l] += acc[l + w];
+  }
+  return acc[0];
+}
+
 inline __attribute__((always_inline)) void attend_row(Isa isa, const AttentionArgs& a,
                                                       int64_t row, float* __restrict scores,
                                                       float* __restrict qs) {
@@ -26,16 +48,14 @@ inline __attribute__((always_inline)) void attend_row(Isa isa, const AttentionAr
   const int64_t h = bh % a.Hq, b = bh / a.Hq;
   const int64_t kh = h / (a.Hq / a.Hkv);
   const float* __restrict q = a.q + row * a.D;
-  const float* k = a.k + (b * a.Hkv + kh) * a.L * a.D;
-  const float* v = a.v + (b * a.Hkv + kh) * a.L * a.Dv;
+  const float* k = a.k + b * a.k_batch_stride + kh * a.k_head_stride;
+  const float* v = a.v + b * a.v_batch_stride + kh * a.v_head_stride;
   float* __restrict o = a.o + row * a.Dv;
   const int64_t seen = a.causal ? std::min(a.L, a.L - a.T + t + 1) : a.L;
   for (int64_t i = 0; i < a.D; ++i) qs[i] = q[i] * a.scale;
   float top = -INFINITY;
   for (int64_t j = 0; j < seen; ++j) {
-    const float* __restrict kj = k + j * a.D;
-    float s = 0.0f;
-    for (int64_t i = 0; i < a.D; ++i) s += qs[i] * kj[i];
+    const float s = dot(qs, k + j * a.D, a.D);
     scores[j] = s;
     top = std::max(top, s);
   }
@@ -43,14 +63,27 @@ inline __attribute__((always_inline)) void attend_row(Isa isa, const AttentionAr
   vexp(isa, scores, scores, seen);
   float sum = 0.0f;
   for (int64_t j = 0; j < seen; ++j) sum += scores[j];
-  for (int64_t c = 0; c < a.Dv; ++c) o[c] = 0.0f;
-  for (int64_t j = 0; j < seen; ++j) {
-    const float* __restrict vj = v + j * a.Dv;
-    const float p = scores[j];
-    for (int64_t c = 0; c < a.Dv; ++c) o[c] += p * vj[c];
-  }
   const float inv = 1.0f / sum;
-  for (int64_t c = 0; c < a.Dv; ++c) o[c] *= inv;
+  // A block of output columns sums over every key in registers; summing into the whole row
+  // loaded and stored it once per key, the cost of a long context.
+  for (int64_t c0 = 0; c0 < a.Dv; c0 += kBlock) {
+    const int64_t width = std::min(kBlock, a.Dv - c0);
+    float acc[kBlock] = {};
+    if (width == kBlock) {
+      for (int64_t j = 0; j < seen; ++j) {
+        const float* __restrict vj = v + j * a.Dv + c0;
+        const float p = scores[j];
+        for (int64_t c = 0; c < kBlock; ++c) acc[c] += p * vj[c];
+      }
+    } else {
+      for (int64_t j = 0; j < seen; ++j) {
+        const float* __restrict vj = v + j * a.Dv + c0;
+        const float p = scores[j];
+        for (int64_t c = 0; c < width; ++c) acc[c] += p * vj[c];
+      }
+    }
+    for (int64_t c = 0; c < width; ++c) o[c0 + c] = acc[c] * inv;
+  }
 }
 
 void attend_rows_portable(const AttentionArgs& a, int64_t r0, int64_t r1, float* scores,

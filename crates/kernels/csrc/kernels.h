@@ -76,15 +76,17 @@ struct DeltaArgs {
 // Runs the mixing (see gated_delta.cpp) over the pool; `isa` resolved.
 void gated_delta(Isa isa, const DeltaArgs& args);
 
-// Scaled dot-product attention (attention.cpp), row-major float32: q [B, Hq, T, D],
-// k [B, Hkv, L, D], v [B, Hkv, L, Dv], o [B, Hq, T, Dv]; causal: the queries are the last T of
-// the L positions.
+// Scaled dot-product attention (attention.cpp), float32: q [B, Hq, T, D] and o [B, Hq, T, Dv]
+// row-major; k [B, Hkv, L, D] and v [B, Hkv, L, Dv] with contiguous rows but any batch and
+// head strides (in elements), so a cache's view of its first L positions is read in place;
+// causal: the queries are the last T of the L positions.
 struct AttentionArgs {
   const float* q;
   const float* k;
   const float* v;
   float* o;
   int64_t B, Hq, Hkv, T, L, D, Dv;
+  int64_t k_batch_stride, k_head_stride, v_batch_stride, v_head_stride;
   float scale;
   bool causal;
 };

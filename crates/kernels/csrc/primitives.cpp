@@ -119,6 +119,22 @@ const float* as_f32(const mx::array& x, std::vector<float>& buf) {
   return buf.data();
 }
 
+// A float32 [B, H, L, D] array whose rows of D are contiguous, as a pointer and its batch and
+// head strides in elements: read in place when it already is (a cache's view of its first L
+// positions is), else converted once into buf.
+const float* rows_f32(const mx::array& a, std::vector<float>& buf, int64_t strides[2]) {
+  const int64_t L = a.shape(2), D = a.shape(3);
+  const bool rows = (D <= 1 || a.strides(3) == 1) && (L <= 1 || a.strides(2) == D);
+  if (a.dtype() == mx::float32 && rows) {
+    strides[0] = a.strides(0);
+    strides[1] = a.strides(1);
+    return a.data<float>();
+  }
+  strides[1] = L * D;
+  strides[0] = a.shape(1) * strides[1];
+  return as_f32(a, buf);
+}
+
 // Writes n float results to out's buffer in out's dtype.
 void store_output(mx::array& out, const float* y, size_t n) {
   if (out.dtype() == mx::float32) {
@@ -594,8 +610,13 @@ class AttentionCpu : public CpuUnaryPrimitive {
                  std::vector<float> qbuf, kbuf, vbuf;
                  AttentionArgs a{};
                  a.q = as_f32(q, qbuf);
-                 a.k = as_f32(k, kbuf);
-                 a.v = as_f32(v, vbuf);
+                 int64_t kstrides[2], vstrides[2];
+                 a.k = rows_f32(k, kbuf, kstrides);
+                 a.v = rows_f32(v, vbuf, vstrides);
+                 a.k_batch_stride = kstrides[0];
+                 a.k_head_stride = kstrides[1];
+                 a.v_batch_stride = vstrides[0];
+                 a.v_head_stride = vstrides[1];
                  a.o = y.data<float>();
                  a.B = q.shape(0);
                  a.Hq = q.shape(1);

@@ -1,13 +1,15 @@
 //! Our attention against MLX's `scaled_dot_product_attention` on the CPU: grouped heads
 //! (ratios 1, 4, 3), decode (one query over many keys) and causal prefill chunks (queries the
-//! last T of L keys, T = L and T < L), Dv ≠ D, a transposed (strided) query, every ISA this
-//! CPU runs; |Δ| ≤ 1e-5 · max|y|.
+//! last T of L keys, T = L and T < L), Dv ≠ D, a transposed (strided) query, keys and values
+//! that are a cache's view of its first L positions (read in place) or transposed (copied),
+//! every ISA this CPU runs; |Δ| ≤ 1e-5 · max|y|.
 
 mod common;
 
 use common::{assert_close, normal, Rng};
 use mlx_node_kernels::{attention, Isa};
 use mlx_rs::fast::{scaled_dot_product_attention, ScaledDotProductAttentionMask};
+use mlx_rs::ops::indexing::IndexOp;
 
 const TOL: f32 = 1e-5;
 
@@ -68,6 +70,33 @@ fn strided_queries_and_rejections() {
         .unwrap()
         .expect("handled");
     assert_close(&ours, &want, TOL, "strided q");
+
+    // Keys and values as a preallocated cache holds them: the first 9 of 20 positions, and in
+    // a batch of 2 so the batch stride is not the head stride times the heads seen.
+    let kbuf = normal(&[2, 2, 20, 32], 0.0, &mut rng);
+    let vbuf = normal(&[2, 2, 20, 24], 0.3, &mut rng);
+    let (kv, vv) = (
+        kbuf.index((.., .., 0..9, ..)),
+        vbuf.index((.., .., 0..9, ..)),
+    );
+    let q2 = normal(&[2, 4, 3, 32], 0.0, &mut rng);
+    let mask = Some(ScaledDotProductAttentionMask::Causal);
+    let want = scaled_dot_product_attention(&q2, &kv, &vv, 0.2, mask, None).unwrap();
+    for isa in Isa::available() {
+        let ours = attention(&q2, &kv, &vv, 0.2, true, isa)
+            .unwrap()
+            .expect("handled");
+        assert_close(&ours, &want, TOL, &format!("cache views {isa:?}"));
+    }
+    // Positions not adjacent in memory ([B, L, H, D] transposed): converted, same result.
+    let kt = normal(&[1, 9, 2, 32], 0.0, &mut rng)
+        .transpose_axes(&[0, 2, 1, 3])
+        .unwrap();
+    let want = scaled_dot_product_attention(&q, &kt, &v, 0.2, None, None).unwrap();
+    let ours = attention(&q, &kt, &v, 0.2, false, Isa::Default)
+        .unwrap()
+        .expect("handled");
+    assert_close(&ours, &want, TOL, "transposed keys");
     let k3 = normal(&[1, 3, 9, 32], 0.0, &mut rng);
     assert!(
         attention(&q, &k3, &k3, 0.2, false, Isa::Default)
