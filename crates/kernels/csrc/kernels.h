@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 namespace mlxnk {
 
@@ -43,9 +44,14 @@ void dense_columns(Isa isa, const DMatrix& w, const float* x, int64_t ldx, int64
                    int64_t ldy, int64_t n0, int64_t n1);
 
 // y[m * ldy + n] = sum_k x[m * ldx + k] * W[n, k] for 0 <= m < M and n0 <= n < n1.
-// `isa` must be a resolved one (see resolve_isa).
+// `isa` must be a resolved one (see resolve_isa). `blocks`: x as pack_row_blocks made it for
+// this isa, or nullptr (then a path that wants it packs x itself, once per call).
 void qmm_columns(Isa isa, const QMatrix& w, const float* x, int64_t ldx, int64_t M, float* y,
-                 int64_t ldy, int64_t n0, int64_t n1);
+                 int64_t ldy, int64_t n0, int64_t n1, const float* blocks = nullptr);
+
+// x [M, K] rearranged as the many-row path of `isa` reads it, so that the column pieces of one
+// product share one copy; empty where that path reads x as it is.
+std::vector<float> pack_row_blocks(Isa isa, const float* x, int64_t ldx, int64_t M, int64_t K);
 
 // Shapes of one Gated DeltaNet mixing call (gated_delta.cpp): B sequences of T tokens, Hk key
 // heads of dk and Hv value heads of dv (Hv a multiple of Hk), a K-tap convolution.

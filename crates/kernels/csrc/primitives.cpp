@@ -203,24 +203,25 @@ struct Piece {
   int64_t M;
   float* y;
   int64_t n0, n1;
+  const float* blocks;  // x as pack_row_blocks made it, or nullptr
 };
 
 // Appends the column chunks of one product y[M, N] = x[M, K] · Wᵀ (leading dimensions K and N).
 void add_pieces(std::vector<Piece>& pieces, const QMatrix& q, const float* x, int64_t M,
-                float* y, int64_t chunks) {
+                float* y, int64_t chunks, const float* blocks = nullptr) {
   const int64_t N = q.N;
   chunks = std::max<int64_t>(1, std::min(chunks, N));
   int64_t per = ceil_div(N, chunks);
   if (chunks > 1) per = std::min(N, ceil_div(per, 8) * 8);
   for (int64_t n0 = 0; n0 < N; n0 += per) {
-    pieces.push_back(Piece{q, x, M, y, n0, std::min(N, n0 + per)});
+    pieces.push_back(Piece{q, x, M, y, n0, std::min(N, n0 + per), blocks});
   }
 }
 
 void run_pieces(Isa isa, const std::vector<Piece>& pieces) {
   const std::function<void(int64_t)> fn = [&](int64_t i) {
     const Piece& p = pieces[static_cast<size_t>(i)];
-    qmm_columns(isa, p.q, p.x, p.q.K, p.M, p.y, p.q.N, p.n0, p.n1);
+    qmm_columns(isa, p.q, p.x, p.q.K, p.M, p.y, p.q.N, p.n0, p.n1, p.blocks);
   };
   parallel_for(static_cast<int64_t>(pieces.size()), fn);
 }
@@ -241,7 +242,9 @@ void eval_qmm(mx::array& out, const mx::array& x, const mx::array& w, const mx::
     y = ybuf.data();
   }
   std::vector<Piece> pieces;
-  add_pieces(pieces, weights.q, xf, M, y, column_chunks(N, K, M));
+  const std::vector<float> blocks = pack_row_blocks(isa, xf, K, M, K);
+  add_pieces(pieces, weights.q, xf, M, y, column_chunks(N, K, M),
+             blocks.empty() ? nullptr : blocks.data());
   run_pieces(isa, pieces);
   store_output(out, y, static_cast<size_t>(M * N));
 }

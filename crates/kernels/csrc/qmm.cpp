@@ -173,7 +173,7 @@ float dot_portable(const float* a, const float* b, int64_t n) {
 
 template <int BITS>
 void columns_portable(const QMatrix& w, const float* x, int64_t ldx, int64_t M, float* y,
-                      int64_t ldy, int64_t n0, int64_t n1) {
+                      int64_t ldy, int64_t n0, int64_t n1, const float* /*blocks*/) {
   const int64_t K = w.K;
   const int64_t G = K / w.group_size;
   const int64_t row_bytes = K * BITS / 8;
@@ -391,10 +391,11 @@ MLXNK_AVX2 inline void transpose8_avx2(__m256 r[8]) {
 
 // Dequantizes kc columns (from a group boundary) of nt ≤ 16 weight rows (codes at c, row
 // stride rb; scales/biases at the chunk's first group, row stride G) into tile[k][r], k-major
-// with 16 floats per k; rows nt..15 are zeros.
+// with ld (16 or 32) floats per k; rows nt..15 are zeros.
 template <int BITS, bool EXACT>
 MLXNK_AVX2 void dequant_tile_avx2(const uint8_t* c, int64_t rb, const float* s, const float* b,
-                                  int64_t G, int64_t nt, int64_t kc, int gs, float* tile) {
+                                  int64_t G, int64_t nt, int64_t kc, int gs, float* tile,
+                                  int64_t ld = kTileRows) {
   for (int64_t r0 = 0; r0 < kTileRows; r0 += 8) {
     for (int64_t j = 0; j < kc; j += 8) {
       const int64_t g = j / gs;
@@ -411,7 +412,7 @@ MLXNK_AVX2 void dequant_tile_avx2(const uint8_t* c, int64_t rb, const float* s, 
       }
       transpose8_avx2(v);
 #pragma GCC unroll 8
-      for (int i = 0; i < 8; ++i) _mm256_storeu_ps(tile + (j + i) * kTileRows + r0, v[i]);
+      for (int i = 0; i < 8; ++i) _mm256_storeu_ps(tile + (j + i) * ld + r0, v[i]);
     }
   }
 }
@@ -1040,6 +1041,129 @@ const MicroFn kMicroAvx512[kMicroRows512] = {
     micro_avx512<5>, micro_avx512<6>, micro_avx512<7>,  micro_avx512<8>,
     micro_avx512<9>, micro_avx512<10>, micro_avx512<11>, micro_avx512<12>};
 
+// Weight columns per tile of the paired many-row path below.
+constexpr int64_t kPairCols = 2 * kTileRows;
+
+// The first n (clamped to 0…16) lanes.
+MLXNK_AVX512 inline __mmask16 lanes_mask(int64_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF)
+                 : n <= 0 ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << n) - 1);
+}
+
+// y[m * ldy + r] (+)= Σ_k xp[k · MR + m] · tile[k][r] for MR ≤ 12 rows and the tile's nt ≤ 32
+// columns: two weight vectors per k, so each broadcast activation feeds two multiply-adds
+// (24 accumulators of the 32 registers), read from activations packed [k][row] through one
+// pointer. Per output the sum runs over k in order, as in micro_avx512.
+template <int MR>
+MLXNK_AVX512 void micro_pair_avx512(const float* xp, const float* tile, int64_t kc, float* y,
+                                    int64_t ldy, int64_t nt, bool first) {
+  __m512 a0[MR], a1[MR];
+#pragma GCC unroll 12
+  for (int m = 0; m < MR; ++m) {
+    a0[m] = _mm512_setzero_ps();
+    a1[m] = _mm512_setzero_ps();
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m512 t0 = _mm512_loadu_ps(tile + k * kPairCols);
+    const __m512 t1 = _mm512_loadu_ps(tile + k * kPairCols + kTileRows);
+    const float* xk = xp + k * MR;
+#pragma GCC unroll 12
+    for (int m = 0; m < MR; ++m) {
+      const __m512 xv = _mm512_set1_ps(xk[m]);
+      a0[m] = _mm512_fmadd_ps(xv, t0, a0[m]);
+      a1[m] = _mm512_fmadd_ps(xv, t1, a1[m]);
+    }
+  }
+  const __mmask16 keep0 = lanes_mask(nt), keep1 = lanes_mask(nt - kTileRows);
+#pragma GCC unroll 12
+  for (int m = 0; m < MR; ++m) {
+    float* ym = y + m * ldy;
+    _mm512_mask_storeu_ps(
+        ym, keep0, first ? a0[m] : _mm512_add_ps(_mm512_maskz_loadu_ps(keep0, ym), a0[m]));
+    if (keep1 != 0) {
+      float* yh = ym + kTileRows;
+      _mm512_mask_storeu_ps(
+          yh, keep1, first ? a1[m] : _mm512_add_ps(_mm512_maskz_loadu_ps(keep1, yh), a1[m]));
+    }
+  }
+}
+
+using PairFn = void (*)(const float*, const float*, int64_t, float*, int64_t, int64_t, bool);
+const PairFn kPairAvx512[kMicroRows512] = {
+    micro_pair_avx512<1>, micro_pair_avx512<2>,  micro_pair_avx512<3>,  micro_pair_avx512<4>,
+    micro_pair_avx512<5>, micro_pair_avx512<6>,  micro_pair_avx512<7>,  micro_pair_avx512<8>,
+    micro_pair_avx512<9>, micro_pair_avx512<10>, micro_pair_avx512<11>, micro_pair_avx512<12>};
+
+// The activations x [M, K] as micro_pair_avx512 reads them: rows in blocks of 12 (the last
+// block the rest), block m0 at out + m0·K laid out [k][row]. Eight inputs of a row at a time,
+// so the stores of a block stay within a few cache lines.
+void pack_rows_avx512(const float* x, int64_t ldx, int64_t M, int64_t K, float* out) {
+  for (int64_t m0 = 0; m0 < M; m0 += kMicroRows512) {
+    const int64_t mr = std::min<int64_t>(kMicroRows512, M - m0);
+    float* block = out + m0 * K;
+    for (int64_t k0 = 0; k0 < K; k0 += 8) {
+      const int64_t kn = std::min<int64_t>(8, K - k0);
+      for (int64_t m = 0; m < mr; ++m) {
+        const float* xm = x + (m0 + m) * ldx + k0;
+        for (int64_t k = 0; k < kn; ++k) block[(k0 + k) * mr + m] = xm[k];
+      }
+    }
+  }
+}
+
+// Columns [n0, n1) of a quantized product with many rows on AVX-512: the activations packed
+// (`blocks` from pack_rows_avx512, shared by every column piece of the product, or packed
+// here), then per 32 weight columns and kChunk inputs one dequantized tile that every row
+// block reads.
+template <int BITS>
+void columns_pairs_avx512(const QMatrix& w, const float* x, int64_t ldx, int64_t M, float* y,
+                          int64_t ldy, int64_t n0, int64_t n1, const float* blocks) {
+  const int64_t K = w.K;
+  const int gs = w.group_size;
+  const int64_t G = K / gs;
+  const int64_t rb = K * BITS / 8;
+  std::vector<float> own;
+  if (blocks == nullptr) {
+    own.resize(static_cast<size_t>(M * K));
+    pack_rows_avx512(x, ldx, M, K, own.data());
+    blocks = own.data();
+  }
+  std::vector<float> tile(static_cast<size_t>(kPairCols * kChunk));
+  std::vector<float> sbuf(static_cast<size_t>(kPairCols * G)), bbuf(sbuf.size());
+  for (int64_t nb = n0; nb < n1; nb += kPairCols) {
+    const int64_t nt = std::min(kPairCols, n1 - nb);
+    const int64_t lo = std::min(kTileRows, nt), hi = nt - lo;
+    const float* s = rows_f32(w.scales, w.scale_type, nb, nt, G, sbuf.data());
+    const float* b = rows_f32(w.biases, w.bias_type, nb, nt, G, bbuf.data());
+    const uint8_t* c = w.codes + nb * rb;
+    const bool exact = needs_exact_reads<BITS>(c + nt * rb, w.codes_end);
+    for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+      const int64_t kc = std::min(kChunk, K - k0);
+      const int64_t g0 = k0 / gs;
+      const uint8_t* ck = c + k0 * BITS / 8;
+      // The second half's rows start kTileRows rows on (none when hi is 0: zeros).
+      const uint8_t* ch = ck + kTileRows * rb;
+      const float *sh = s + kTileRows * G + g0, *bh = b + kTileRows * G + g0;
+      if (exact) {
+        dequant_tile_avx2<BITS, true>(ck, rb, s + g0, b + g0, G, lo, kc, gs, tile.data(),
+                                      kPairCols);
+        dequant_tile_avx2<BITS, true>(ch, rb, sh, bh, G, hi, kc, gs, tile.data() + kTileRows,
+                                      kPairCols);
+      } else {
+        dequant_tile_avx2<BITS, false>(ck, rb, s + g0, b + g0, G, lo, kc, gs, tile.data(),
+                                       kPairCols);
+        dequant_tile_avx2<BITS, false>(ch, rb, sh, bh, G, hi, kc, gs, tile.data() + kTileRows,
+                                       kPairCols);
+      }
+      for (int64_t m0 = 0; m0 < M; m0 += kMicroRows512) {
+        const int64_t mr = std::min<int64_t>(kMicroRows512, M - m0);
+        kPairAvx512[mr - 1](blocks + m0 * K + k0 * mr, tile.data(), kc, y + m0 * ldy + nb, ldy,
+                            nt, k0 == 0);
+      }
+    }
+  }
+}
+
 // Dense weights (float32, bfloat16 or float16 rows). One activation row at a time against a
 // weight row converted 8 or 16 lanes at a time (bfloat16: a shift, float16: F16C) into four
 // accumulators; many rows through the quantized path's tiles and microkernels.
@@ -1193,7 +1317,7 @@ void matvec_split_avx2(const QMatrix& w, const float* x, int64_t ldx, const floa
 
 template <int BITS, bool WIDE = false>
 void columns_avx2(const QMatrix& w, const float* x, int64_t ldx, int64_t M, float* y,
-                  int64_t ldy, int64_t n0, int64_t n1) {
+                  int64_t ldy, int64_t n0, int64_t n1, const float* blocks) {
   const int64_t K = w.K;
   const int gs = w.group_size;
   const int64_t G = K / gs;
@@ -1288,6 +1412,10 @@ void columns_avx2(const QMatrix& w, const float* x, int64_t ldx, int64_t M, floa
     }
     return;
   }
+  if constexpr (WIDE) {
+    columns_pairs_avx512<BITS>(w, x, ldx, M, y, ldy, n0, n1, blocks);
+    return;
+  }
   std::vector<float> tile(static_cast<size_t>(kTileRows * kChunk));
   for (int64_t nb = n0; nb < n1; nb += kTileRows) {
     const int64_t nt = std::min(kTileRows, n1 - nb);
@@ -1356,7 +1484,7 @@ float dot_neon(const float* a, const float* b, int64_t n) {
 
 template <int BITS>
 void columns_neon(const QMatrix& w, const float* x, int64_t ldx, int64_t M, float* y,
-                  int64_t ldy, int64_t n0, int64_t n1) {
+                  int64_t ldy, int64_t n0, int64_t n1, const float* /*blocks*/) {
   const int64_t K = w.K;
   const int64_t G = K / w.group_size;
   const int64_t row_bytes = K * BITS / 8;
@@ -1372,7 +1500,7 @@ void columns_neon(const QMatrix& w, const float* x, int64_t ldx, int64_t M, floa
 #endif  // MLXNK_NEON
 
 using ColumnsFn = void (*)(const QMatrix&, const float*, int64_t, int64_t, float*, int64_t,
-                           int64_t, int64_t);
+                           int64_t, int64_t, const float*);
 
 template <template <int> class Pick>
 ColumnsFn by_bits(int bits) {
@@ -1511,8 +1639,21 @@ void dense_columns(Isa isa, const DMatrix& w, const float* x, int64_t ldx, int64
   }
 }
 
+std::vector<float> pack_row_blocks(Isa isa, const float* x, int64_t ldx, int64_t M, int64_t K) {
+  std::vector<float> blocks;
+#if defined(MLXNK_X86)
+  if (isa == Isa::Avx512 && M > kMatvecRows) {
+    blocks.resize(static_cast<size_t>(M * K));
+    pack_rows_avx512(x, ldx, M, K, blocks.data());
+  }
+#else
+  (void)isa, (void)x, (void)ldx, (void)M, (void)K;
+#endif
+  return blocks;
+}
+
 void qmm_columns(Isa isa, const QMatrix& w, const float* x, int64_t ldx, int64_t M, float* y,
-                 int64_t ldy, int64_t n0, int64_t n1) {
+                 int64_t ldy, int64_t n0, int64_t n1, const float* blocks) {
   if (n1 <= n0 || M <= 0) return;
   ColumnsFn fn = nullptr;
   switch (isa) {
@@ -1533,7 +1674,7 @@ void qmm_columns(Isa isa, const QMatrix& w, const float* x, int64_t ldx, int64_t
       fn = by_bits<PickPortable>(w.bits);
       break;
   }
-  if (fn != nullptr) fn(w, x, ldx, M, y, ldy, n0, n1);
+  if (fn != nullptr) fn(w, x, ldx, M, y, ldy, n0, n1, blocks);
 }
 
 }  // namespace mlxnk

@@ -36,9 +36,7 @@ fn main() {
     let dt_bias = normal(&[hv], 1.0);
     let norm_weight = normal(&[dv], 1.0);
     let conv_state = normal(&[1, k - 1, c], 1.0);
-    let states: Vec<Array> = (0..layers)
-        .map(|_| normal(&[1, hv, dk, dv], 0.1))
-        .collect();
+    let states: Vec<Array> = (0..layers).map(|_| normal(&[1, hv, dk, dv], 0.1)).collect();
     for tokens in [1, prefill] {
         let qkv = normal(&[1, tokens, c], 1.0);
         let z = normal(&[1, tokens, hv * dv], 1.0);
@@ -74,6 +72,9 @@ fn main() {
             mlx_rs::transforms::eval(&outs).unwrap();
             best = best.min(t.elapsed().as_secs_f64() / layers as f64);
         }
-        println!("T {tokens:4}: {:.3} ms per layer ({layers} layers)", best * 1e3);
+        println!(
+            "T {tokens:4}: {:.3} ms per layer ({layers} layers)",
+            best * 1e3
+        );
     }
 }

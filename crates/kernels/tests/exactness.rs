@@ -16,10 +16,20 @@ fn isas() -> Vec<Isa> {
     Isa::available()
 }
 
+/// Our product, evaluated at once into memory that last held NaNs: a freed buffer of the
+/// output's size is what the allocator hands out next, and without the poison it would still
+/// hold the previous ISA's (correct) result, hiding outputs a kernel never writes.
 fn ours(x: &Array, w: &Array, s: &Array, b: &Array, gs: i32, bits: i32, isa: Isa) -> Array {
-    quantized_matmul_isa(x, w, s, b, gs, bits, isa)
+    let size = x.shape()[0] * w.shape()[0];
+    mlx_rs::ops::full::<f32>(&[size], Array::from_f32(f32::NAN))
         .unwrap()
-        .expect("handled on the CPU stream")
+        .eval()
+        .unwrap();
+    let y = quantized_matmul_isa(x, w, s, b, gs, bits, isa)
+        .unwrap()
+        .expect("handled on the CPU stream");
+    y.eval().unwrap();
+    y
 }
 
 /// (M, N, K) cases for one combination: fixed edge cases plus random ones.
@@ -38,6 +48,9 @@ fn shapes(gs: i32, rng: &mut Rng) -> Vec<(i32, i32, i32)> {
         // a K of whole blocks for some widths only.
         (1, 9, 768),
         (1, 11, 640),
+        // Column pieces of 24 (190 split 8 ways, rounded up to 8): many-row tiles of 32
+        // columns whose second half is partly used, and 13 rows (a block of 12 and one).
+        (13, 190, 384),
     ];
     for _ in 0..3 {
         let m = rng.pick(&[1, 2, 3, 4, 6, 9, 17, 64]);
@@ -184,7 +197,12 @@ fn lazy_graph_and_async_eval() {
     let mut rng = Rng::new(0x5eed_0006);
     let (w, s, b) = quantized(&[64, 128], 64, 4, &mut rng);
     let x = normal(&[3, 128], 0.0, &mut rng);
-    let y = ours(&x, &w, &s, &b, 64, 4, Isa::Default);
+    let lazy = |x: &Array, w: &Array, s: &Array, b: &Array, gs: i32, bits: i32| {
+        quantized_matmul_isa(x, w, s, b, gs, bits, Isa::Default)
+            .unwrap()
+            .expect("handled on the CPU stream")
+    };
+    let y = lazy(&x, &w, &s, &b, 64, 4);
     // A graph over our node: evaluated only when asked, also asynchronously.
     let z = mlx_rs::ops::add(&y, Array::from_slice(&[1.0f32], &[1])).unwrap();
     mlx_rs::transforms::async_eval([&z]).unwrap();
@@ -196,7 +214,7 @@ fn lazy_graph_and_async_eval() {
     assert_close(&z, &reference, TOL, "async");
     // Our output as the input of another of our nodes.
     let (w2, s2, b2) = quantized(&[10, 64], 32, 3, &mut rng);
-    let chained = ours(&y, &w2, &s2, &b2, 32, 3, Isa::Default);
+    let chained = lazy(&y, &w2, &s2, &b2, 32, 3);
     let reference = mlx_qmm(&mlx_qmm(&x, &w, &s, &b, 64, 4), &w2, &s2, &b2, 32, 3);
     assert_close(&chained, &reference, 1e-4, "chained");
 }
