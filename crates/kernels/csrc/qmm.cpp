@@ -1432,11 +1432,9 @@ void columns_avx2(const QMatrix& w, const float* x, int64_t ldx, int64_t M, floa
       } else {
         dequant_tile_avx2<BITS, false>(ck, rb, s + g0, b + g0, G, nt, kc, gs, tile.data());
       }
-      constexpr int64_t rows_per_micro = WIDE ? kMicroRows512 : kMicroRows;
-      const MicroFn* micro = WIDE ? kMicroAvx512 : kMicroAvx2;
-      for (int64_t m0 = 0; m0 < M; m0 += rows_per_micro) {
-        const int64_t mr = std::min<int64_t>(rows_per_micro, M - m0);
-        micro[mr - 1](x + m0 * ldx + k0, ldx, tile.data(), kc, y + m0 * ldy + nb, ldy, nt,
+      for (int64_t m0 = 0; m0 < M; m0 += kMicroRows) {
+        const int64_t mr = std::min<int64_t>(kMicroRows, M - m0);
+        kMicroAvx2[mr - 1](x + m0 * ldx + k0, ldx, tile.data(), kc, y + m0 * ldy + nb, ldy, nt,
                            k0 == 0);
       }
     }
