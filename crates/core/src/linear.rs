@@ -148,42 +148,59 @@ impl ExpertBank {
     }
 }
 
-/// Slices `[start, end)` of one axis; a thin wrapper because the index syntax is noisy.
-pub fn slice_axis(a: &Array, axis: i32, start: i32, end: i32) -> Result<Array> {
+/// The window `[start, end)` of one axis of `a` (negative axes count from the end) as MLX's
+/// per-axis starts, stops and strides, and the axis made non-negative.
+fn axis_window(a: &Array, axis: i32, start: i32, end: i32) -> (i32, [Vec<i32>; 3]) {
     let ndim = a.ndim() as i32;
     let axis = if axis < 0 { axis + ndim } else { axis };
     let mut starts = vec![0i32; ndim as usize];
     let mut stops: Vec<i32> = a.shape().to_vec();
     starts[axis as usize] = start;
     stops[axis as usize] = end;
-    let strides = vec![1i32; ndim as usize];
+    (axis, [starts, stops, vec![1i32; ndim as usize]])
+}
+
+/// Runs one mlx-c call that writes a new array handle; `what` names it in the error.
+fn new_array(
+    call: impl FnOnce(&mut mlx_sys::mlx_array, mlx_sys::mlx_stream) -> i32,
+    what: impl FnOnce() -> String,
+) -> Result<Array> {
     let stream = mlx_rs::Stream::thread_local_or_default();
-    // SAFETY: mlx_slice reads the three arrays of `ndim` ints and writes a new array handle.
-    unsafe {
+    // SAFETY: `call` only writes `res`, which starts as an empty handle and is owned by `out`.
+    let (status, out) = unsafe {
         let mut res = mlx_sys::mlx_array_new();
-        let status = mlx_sys::mlx_slice(
-            &mut res,
-            a.as_ptr(),
-            starts.as_ptr(),
-            starts.len(),
-            stops.as_ptr(),
-            stops.len(),
-            strides.as_ptr(),
-            strides.len(),
-            stream.as_ref().as_ptr(),
-        );
-        let out = Array::from_ptr(res);
-        if status != 0 {
-            return Err(crate::Error::new(
-                crate::ErrorCode::Mlx,
-                format!(
-                    "slicing axis {axis} [{start}, {end}) of {:?} failed",
-                    a.shape()
-                ),
-            ));
-        }
-        Ok(out)
+        let status = call(&mut res, stream.as_ref().as_ptr());
+        (status, Array::from_ptr(res))
+    };
+    if status != 0 {
+        return Err(crate::Error::new(
+            crate::ErrorCode::Mlx,
+            format!("{} failed", what()),
+        ));
     }
+    Ok(out)
+}
+
+/// Slices `[start, end)` of one axis; a thin wrapper because the index syntax is noisy.
+pub fn slice_axis(a: &Array, axis: i32, start: i32, end: i32) -> Result<Array> {
+    let (axis, [starts, stops, strides]) = axis_window(a, axis, start, end);
+    new_array(
+        // SAFETY: mlx_slice reads the three arrays of `ndim` ints.
+        |res, stream| unsafe {
+            mlx_sys::mlx_slice(
+                res,
+                a.as_ptr(),
+                starts.as_ptr(),
+                starts.len(),
+                stops.as_ptr(),
+                stops.len(),
+                strides.as_ptr(),
+                strides.len(),
+                stream,
+            )
+        },
+        || format!("slicing axis {axis} [{start}, {end}) of {:?}", a.shape()),
+    )
 }
 
 /// `a` with `update` written over `[start, start + len)` of one axis (the update's length
@@ -191,41 +208,32 @@ pub fn slice_axis(a: &Array, axis: i32, start: i32, end: i32) -> Result<Array> {
 /// a cache that drops its handle first is updated in place.
 pub fn update_axis(a: &Array, update: &Array, axis: i32, start: i32) -> Result<Array> {
     let ndim = a.ndim() as i32;
-    let axis = if axis < 0 { axis + ndim } else { axis };
-    let mut starts = vec![0i32; ndim as usize];
-    let mut stops: Vec<i32> = a.shape().to_vec();
-    starts[axis as usize] = start;
-    stops[axis as usize] = start + update.shape()[axis as usize];
-    let strides = vec![1i32; ndim as usize];
-    let stream = mlx_rs::Stream::thread_local_or_default();
-    // SAFETY: mlx_slice_update reads the three arrays of `ndim` ints and writes a new handle.
-    unsafe {
-        let mut res = mlx_sys::mlx_array_new();
-        let status = mlx_sys::mlx_slice_update(
-            &mut res,
-            a.as_ptr(),
-            update.as_ptr(),
-            starts.as_ptr(),
-            starts.len(),
-            stops.as_ptr(),
-            stops.len(),
-            strides.as_ptr(),
-            strides.len(),
-            stream.as_ref().as_ptr(),
-        );
-        let out = Array::from_ptr(res);
-        if status != 0 {
-            return Err(crate::Error::new(
-                crate::ErrorCode::Mlx,
-                format!(
-                    "writing {:?} into axis {axis} of {:?} at {start} failed",
-                    update.shape(),
-                    a.shape()
-                ),
-            ));
-        }
-        Ok(out)
-    }
+    let len = update.shape()[(if axis < 0 { axis + ndim } else { axis }) as usize];
+    let (axis, [starts, stops, strides]) = axis_window(a, axis, start, start + len);
+    new_array(
+        // SAFETY: mlx_slice_update reads the three arrays of `ndim` ints.
+        |res, stream| unsafe {
+            mlx_sys::mlx_slice_update(
+                res,
+                a.as_ptr(),
+                update.as_ptr(),
+                starts.as_ptr(),
+                starts.len(),
+                stops.as_ptr(),
+                stops.len(),
+                strides.as_ptr(),
+                strides.len(),
+                stream,
+            )
+        },
+        || {
+            format!(
+                "writing {:?} into axis {axis} of {:?} at {start}",
+                update.shape(),
+                a.shape()
+            )
+        },
+    )
 }
 
 #[cfg(test)]
