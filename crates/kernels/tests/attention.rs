@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{assert_close, normal, Rng};
+use common::{assert_close, eval_poisoned, normal, Rng};
 use mlx_node_kernels::{attention, Isa};
 use mlx_rs::fast::{scaled_dot_product_attention, ScaledDotProductAttentionMask};
 use mlx_rs::ops::indexing::IndexOp;
@@ -33,9 +33,12 @@ fn attention_matches_mlx() {
         let mask = causal.then_some(ScaledDotProductAttentionMask::Causal);
         let want = scaled_dot_product_attention(&q, &k, &v, scale, mask, None).unwrap();
         for isa in Isa::available() {
-            let ours = attention(&q, &k, &v, scale, causal, isa)
-                .unwrap()
-                .expect("handled");
+            let ours = eval_poisoned(
+                attention(&q, &k, &v, scale, causal, isa)
+                    .unwrap()
+                    .expect("handled"),
+                &[&q, &k, &v],
+            );
             assert_close(
                 &ours,
                 &want,
@@ -83,9 +86,12 @@ fn strided_queries_and_rejections() {
     let mask = Some(ScaledDotProductAttentionMask::Causal);
     let want = scaled_dot_product_attention(&q2, &kv, &vv, 0.2, mask, None).unwrap();
     for isa in Isa::available() {
-        let ours = attention(&q2, &kv, &vv, 0.2, true, isa)
-            .unwrap()
-            .expect("handled");
+        let ours = eval_poisoned(
+            attention(&q2, &kv, &vv, 0.2, true, isa)
+                .unwrap()
+                .expect("handled"),
+            &[&q2, &kv, &vv],
+        );
         assert_close(&ours, &want, TOL, &format!("cache views {isa:?}"));
     }
     // Positions not adjacent in memory ([B, L, H, D] transposed): converted, same result.

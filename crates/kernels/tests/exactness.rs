@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{assert_close, mlx_qmm, normal, quantized, Rng, BITS, GROUPS};
+use common::{assert_close, eval_poisoned, mlx_qmm, normal, quantized, Rng, BITS, GROUPS};
 use mlx_node_kernels::{gather_qmm_isa, quantized_matmul_isa, Isa};
 use mlx_rs::{Array, Dtype};
 
@@ -16,20 +16,12 @@ fn isas() -> Vec<Isa> {
     Isa::available()
 }
 
-/// Our product, evaluated at once into memory that last held NaNs: a freed buffer of the
-/// output's size is what the allocator hands out next, and without the poison it would still
-/// hold the previous ISA's (correct) result, hiding outputs a kernel never writes.
+/// Our product, evaluated at once into memory that last held NaNs (see eval_poisoned).
 fn ours(x: &Array, w: &Array, s: &Array, b: &Array, gs: i32, bits: i32, isa: Isa) -> Array {
-    let size = x.shape()[0] * w.shape()[0];
-    mlx_rs::ops::full::<f32>(&[size], Array::from_f32(f32::NAN))
-        .unwrap()
-        .eval()
-        .unwrap();
     let y = quantized_matmul_isa(x, w, s, b, gs, bits, isa)
         .unwrap()
         .expect("handled on the CPU stream");
-    y.eval().unwrap();
-    y
+    eval_poisoned(y, &[x, w, s, b])
 }
 
 /// (M, N, K) cases for one combination: fixed edge cases plus random ones.

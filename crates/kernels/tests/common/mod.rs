@@ -57,6 +57,21 @@ pub fn to_f32_vec(a: &Array) -> Vec<f32> {
     a.as_slice::<f32>().to_vec()
 }
 
+/// Evaluates `y`, a lazy output of the kernel under test, into memory that last held NaNs
+/// (its inputs evaluated first, so they do not take it): the allocator hands out the buffer
+/// freed last, which in a loop over ISAs holds the previous ISA's correct result and would
+/// hide outputs a kernel never writes.
+pub fn eval_poisoned(y: Array, inputs: &[&Array]) -> Array {
+    mlx_rs::transforms::eval(inputs.iter().copied()).unwrap();
+    let size: i32 = y.shape().iter().product();
+    mlx_rs::ops::full::<f32>(&[size], Array::from_f32(f32::NAN))
+        .unwrap()
+        .eval()
+        .unwrap();
+    y.eval().unwrap();
+    y
+}
+
 /// Asserts |ours − reference| ≤ tol · max|reference| elementwise (and equal shapes).
 pub fn assert_close(ours: &Array, reference: &Array, tol: f32, what: &str) {
     assert_eq!(ours.shape(), reference.shape(), "{what}: shapes");
