@@ -41,7 +41,7 @@ struct DMatrix {
 
 // As qmm_columns, for a dense W.
 void dense_columns(Isa isa, const DMatrix& w, const float* x, int64_t ldx, int64_t M, float* y,
-                   int64_t ldy, int64_t n0, int64_t n1);
+                   int64_t ldy, int64_t n0, int64_t n1, const float* blocks = nullptr);
 
 // y[m * ldy + n] = sum_k x[m * ldx + k] * W[n, k] for 0 <= m < M and n0 <= n < n1.
 // `isa` must be a resolved one (see resolve_isa). `blocks`: x as pack_row_blocks made it for

@@ -261,9 +261,11 @@ void eval_dense(mx::array& out, const mx::array& x, const mx::array& w, Isa isa)
   float* y = out.data<float>();
   const int64_t chunks = column_chunks(N, K, M);
   const int64_t per = chunks > 1 ? std::min(N, ceil_div(ceil_div(N, chunks), 8) * 8) : N;
+  const std::vector<float> blocks = pack_row_blocks(isa, xf, K, M, K);
+  const float* packed = blocks.empty() ? nullptr : blocks.data();
   const std::function<void(int64_t)> fn = [&](int64_t i) {
     const int64_t n0 = i * per;
-    dense_columns(isa, d, xf, K, M, y, N, n0, std::min(N, n0 + per));
+    dense_columns(isa, d, xf, K, M, y, N, n0, std::min(N, n0 + per), packed);
   };
   parallel_for(ceil_div(N, per), fn);
 }

@@ -1111,17 +1111,14 @@ void pack_rows_avx512(const float* x, int64_t ldx, int64_t M, int64_t K, float* 
   }
 }
 
-// Columns [n0, n1) of a quantized product with many rows on AVX-512: the activations packed
-// (`blocks` from pack_rows_avx512, shared by every column piece of the product, or packed
-// here), then per 32 weight columns and kChunk inputs one dequantized tile that every row
-// block reads.
-template <int BITS>
-void columns_pairs_avx512(const QMatrix& w, const float* x, int64_t ldx, int64_t M, float* y,
-                          int64_t ldy, int64_t n0, int64_t n1, const float* blocks) {
-  const int64_t K = w.K;
-  const int gs = w.group_size;
-  const int64_t G = K / gs;
-  const int64_t rb = K * BITS / 8;
+// Columns [n0, n1) of a product with many rows on AVX-512: the activations packed (`blocks`
+// from pack_rows_avx512, shared by every column piece of the product, or packed here), then
+// per 32 weight columns and kChunk inputs one float32 tile [kc][32] that every row block reads.
+// `tiles.start(nb, nt)` moves to columns [nb, nb + nt) and `tiles.fill(k0, kc, tile)` writes
+// their inputs [k0, k0 + kc), zeros past nt.
+template <class Tiles>
+void pair_tiles_avx512(Tiles& tiles, const float* x, int64_t ldx, int64_t M, int64_t K, float* y,
+                       int64_t ldy, int64_t n0, int64_t n1, const float* blocks) {
   std::vector<float> own;
   if (blocks == nullptr) {
     own.resize(static_cast<size_t>(M * K));
@@ -1129,32 +1126,12 @@ void columns_pairs_avx512(const QMatrix& w, const float* x, int64_t ldx, int64_t
     blocks = own.data();
   }
   std::vector<float> tile(static_cast<size_t>(kPairCols * kChunk));
-  std::vector<float> sbuf(static_cast<size_t>(kPairCols * G)), bbuf(sbuf.size());
   for (int64_t nb = n0; nb < n1; nb += kPairCols) {
     const int64_t nt = std::min(kPairCols, n1 - nb);
-    const int64_t lo = std::min(kTileRows, nt), hi = nt - lo;
-    const float* s = rows_f32(w.scales, w.scale_type, nb, nt, G, sbuf.data());
-    const float* b = rows_f32(w.biases, w.bias_type, nb, nt, G, bbuf.data());
-    const uint8_t* c = w.codes + nb * rb;
-    const bool exact = needs_exact_reads<BITS>(c + nt * rb, w.codes_end);
+    tiles.start(nb, nt);
     for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
       const int64_t kc = std::min(kChunk, K - k0);
-      const int64_t g0 = k0 / gs;
-      const uint8_t* ck = c + k0 * BITS / 8;
-      // The second half's rows start kTileRows rows on (none when hi is 0: zeros).
-      const uint8_t* ch = ck + kTileRows * rb;
-      const float *sh = s + kTileRows * G + g0, *bh = b + kTileRows * G + g0;
-      if (exact) {
-        dequant_tile_avx2<BITS, true>(ck, rb, s + g0, b + g0, G, lo, kc, gs, tile.data(),
-                                      kPairCols);
-        dequant_tile_avx2<BITS, true>(ch, rb, sh, bh, G, hi, kc, gs, tile.data() + kTileRows,
-                                      kPairCols);
-      } else {
-        dequant_tile_avx2<BITS, false>(ck, rb, s + g0, b + g0, G, lo, kc, gs, tile.data(),
-                                       kPairCols);
-        dequant_tile_avx2<BITS, false>(ch, rb, sh, bh, G, hi, kc, gs, tile.data() + kTileRows,
-                                       kPairCols);
-      }
+      tiles.fill(k0, kc, tile.data());
       for (int64_t m0 = 0; m0 < M; m0 += kMicroRows512) {
         const int64_t mr = std::min<int64_t>(kMicroRows512, M - m0);
         kPairAvx512[mr - 1](blocks + m0 * K + k0 * mr, tile.data(), kc, y + m0 * ldy + nb, ldy,
@@ -1163,6 +1140,51 @@ void columns_pairs_avx512(const QMatrix& w, const float* x, int64_t ldx, int64_t
     }
   }
 }
+
+// Tiles of a quantized matrix: the two 16-row halves dequantized side by side.
+template <int BITS>
+struct QuantPairTiles {
+  const QMatrix& w;
+  int64_t G, rb;
+  std::vector<float> sbuf, bbuf;
+  const float *s = nullptr, *b = nullptr;
+  const uint8_t* c = nullptr;
+  int64_t lo = 0, hi = 0;
+  bool exact = false;
+
+  explicit QuantPairTiles(const QMatrix& m)
+      : w(m),
+        G(m.K / m.group_size),
+        rb(m.K * BITS / 8),
+        sbuf(static_cast<size_t>(kPairCols * G)),
+        bbuf(sbuf.size()) {}
+
+  void start(int64_t nb, int64_t nt) {
+    s = rows_f32(w.scales, w.scale_type, nb, nt, G, sbuf.data());
+    b = rows_f32(w.biases, w.bias_type, nb, nt, G, bbuf.data());
+    c = w.codes + nb * rb;
+    exact = needs_exact_reads<BITS>(c + nt * rb, w.codes_end);
+    lo = std::min(kTileRows, nt);
+    hi = nt - lo;
+  }
+
+  void fill(int64_t k0, int64_t kc, float* tile) const {
+    const int64_t g0 = k0 / w.group_size;
+    const uint8_t* ck = c + k0 * BITS / 8;
+    // The second half's rows start kTileRows rows on (none when hi is 0: zeros).
+    const uint8_t* ch = ck + kTileRows * rb;
+    const float *sh = s + kTileRows * G + g0, *bh = b + kTileRows * G + g0;
+    const int gs = w.group_size;
+    if (exact) {
+      dequant_tile_avx2<BITS, true>(ck, rb, s + g0, b + g0, G, lo, kc, gs, tile, kPairCols);
+      dequant_tile_avx2<BITS, true>(ch, rb, sh, bh, G, hi, kc, gs, tile + kTileRows, kPairCols);
+    } else {
+      dequant_tile_avx2<BITS, false>(ck, rb, s + g0, b + g0, G, lo, kc, gs, tile, kPairCols);
+      dequant_tile_avx2<BITS, false>(ch, rb, sh, bh, G, hi, kc, gs, tile + kTileRows,
+                                     kPairCols);
+    }
+  }
+};
 
 // Dense weights (float32, bfloat16 or float16 rows). One activation row at a time against a
 // weight row converted 8 or 16 lanes at a time (bfloat16: a shift, float16: F16C) into four
@@ -1231,20 +1253,38 @@ MLXNK_AVX512 float dense_dot_avx512(const void* row, FType t, const float* x, in
   return dense_tail(row, t, x, k, K, sum);
 }
 
-// Converts kc columns from k0 of nt ≤ 16 dense rows into tile[k][r] (k-major, 16 per k).
+// Converts kc columns from k0 of nt ≤ 16 dense rows into tile[k][r] (k-major, ld per k).
 void dense_tile(const DMatrix& w, int64_t nb, int64_t nt, int64_t k0, int64_t kc, float* tile,
-                float* row) {
+                float* row, int64_t ld = kTileRows) {
   for (int64_t r = 0; r < kTileRows; ++r) {
     if (r < nt) {
       const size_t es = w.type == FType::F32 ? 4 : 2;
       const void* p = static_cast<const uint8_t*>(w.data) + ((nb + r) * w.K + k0) * es;
       const float* f = rows_f32(p, w.type, 0, 1, kc, row);
-      for (int64_t k = 0; k < kc; ++k) tile[k * kTileRows + r] = f[k];
+      for (int64_t k = 0; k < kc; ++k) tile[k * ld + r] = f[k];
     } else {
-      for (int64_t k = 0; k < kc; ++k) tile[k * kTileRows + r] = 0.0f;
+      for (int64_t k = 0; k < kc; ++k) tile[k * ld + r] = 0.0f;
     }
   }
 }
+
+// Tiles of a dense matrix for pair_tiles_avx512: the two 16-row halves converted side by side.
+struct DensePairTiles {
+  const DMatrix& w;
+  std::vector<float> row = std::vector<float>(kChunk);
+  int64_t nb = 0, lo = 0, hi = 0;
+
+  void start(int64_t first, int64_t nt) {
+    nb = first;
+    lo = std::min(kTileRows, nt);
+    hi = nt - lo;
+  }
+
+  void fill(int64_t k0, int64_t kc, float* tile) {
+    dense_tile(w, nb, lo, k0, kc, tile, row.data(), kPairCols);
+    dense_tile(w, nb + kTileRows, hi, k0, kc, tile + kTileRows, row.data(), kPairCols);
+  }
+};
 
 template <bool WIDE>
 void dense_rows(const DMatrix& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy,
@@ -1262,10 +1302,17 @@ void dense_rows(const DMatrix& w, const float* x, int64_t ldx, int64_t M, float*
 
 template <bool WIDE>
 void dense_avx2(const DMatrix& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy,
-                int64_t n0, int64_t n1) {
+                int64_t n0, int64_t n1, const float* blocks) {
   if (M <= 4) {
     dense_rows<WIDE>(w, x, ldx, M, y, ldy, n0, n1);
     return;
+  }
+  if constexpr (WIDE) {
+    if (M > kMatvecRows) {
+      DensePairTiles tiles{w};
+      pair_tiles_avx512(tiles, x, ldx, M, w.K, y, ldy, n0, n1, blocks);
+      return;
+    }
   }
   std::vector<float> tile(static_cast<size_t>(kTileRows * kChunk)), row(kChunk);
   constexpr int64_t rows_per_micro = WIDE ? kMicroRows512 : kMicroRows;
@@ -1413,7 +1460,8 @@ void columns_avx2(const QMatrix& w, const float* x, int64_t ldx, int64_t M, floa
     return;
   }
   if constexpr (WIDE) {
-    columns_pairs_avx512<BITS>(w, x, ldx, M, y, ldy, n0, n1, blocks);
+    QuantPairTiles<BITS> tiles(w);
+    pair_tiles_avx512(tiles, x, ldx, M, K, y, ldy, n0, n1, blocks);
     return;
   }
   std::vector<float> tile(static_cast<size_t>(kTileRows * kChunk));
@@ -1620,15 +1668,15 @@ Isa resolve_isa(Isa requested) {
 }
 
 void dense_columns(Isa isa, const DMatrix& w, const float* x, int64_t ldx, int64_t M, float* y,
-                   int64_t ldy, int64_t n0, int64_t n1) {
+                   int64_t ldy, int64_t n0, int64_t n1, const float* blocks) {
   if (n1 <= n0 || M <= 0) return;
   switch (isa) {
 #if defined(MLXNK_X86)
     case Isa::Avx2:
-      dense_avx2<false>(w, x, ldx, M, y, ldy, n0, n1);
+      dense_avx2<false>(w, x, ldx, M, y, ldy, n0, n1, blocks);
       return;
     case Isa::Avx512:
-      dense_avx2<true>(w, x, ldx, M, y, ldy, n0, n1);
+      dense_avx2<true>(w, x, ldx, M, y, ldy, n0, n1, blocks);
       return;
 #endif
     default:

@@ -19,6 +19,8 @@ fn dense_matmul_matches_mlx() {
         (3, 37, 70),
         (7, 65, 129),
         (64, 300, 256),
+        // Column pieces of 24: many-row tiles of 32 columns whose second half is partly used.
+        (13, 190, 384),
         (1, 5, 3),
     ];
     for (m, n, k) in cases {
