@@ -122,7 +122,7 @@ const float* as_f32(const mx::array& x, std::vector<float>& buf) {
 // A float32 [B, H, L, D] array whose rows of D are contiguous, as a pointer and its batch and
 // head strides in elements: read in place when it already is (a cache's view of its first L
 // positions is), else converted once into buf.
-const float* rows_f32(const mx::array& a, std::vector<float>& buf, int64_t strides[2]) {
+const float* strided_rows_f32(const mx::array& a, std::vector<float>& buf, int64_t strides[2]) {
   const int64_t L = a.shape(2), D = a.shape(3);
   const bool rows = (D <= 1 || a.strides(3) == 1) && (L <= 1 || a.strides(2) == D);
   if (a.dtype() == mx::float32 && rows) {
@@ -616,8 +616,8 @@ class AttentionCpu : public CpuUnaryPrimitive {
                  AttentionArgs a{};
                  a.q = as_f32(q, qbuf);
                  int64_t kstrides[2], vstrides[2];
-                 a.k = rows_f32(k, kbuf, kstrides);
-                 a.v = rows_f32(v, vbuf, vstrides);
+                 a.k = strided_rows_f32(k, kbuf, kstrides);
+                 a.v = strided_rows_f32(v, vbuf, vstrides);
                  a.k_batch_stride = kstrides[0];
                  a.k_head_stride = kstrides[1];
                  a.v_batch_stride = vstrides[0];

@@ -1010,36 +1010,8 @@ MLXNK_AVX512 void word_stream_avx512(const QMatrix& w, const float* xp, const fl
   }
 }
 
-// The many-row microkernel with 16-lane vectors: a tile row of 16 weight columns is one
-// vector, so up to 12 activation rows share each tile load.
-template <int MR>
-MLXNK_AVX512 void micro_avx512(const float* x, int64_t ldx, const float* tile, int64_t kc,
-                               float* y, int64_t ldy, int64_t nt, bool first) {
-  __m512 acc[MR];
-#pragma GCC unroll 12
-  for (int m = 0; m < MR; ++m) acc[m] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < kc; ++k) {
-    const __m512 t = _mm512_loadu_ps(tile + k * kTileRows);
-#pragma GCC unroll 12
-    for (int m = 0; m < MR; ++m) {
-      acc[m] = _mm512_fmadd_ps(_mm512_set1_ps(x[m * ldx + k]), t, acc[m]);
-    }
-  }
-  const __mmask16 keep = nt >= kTileRows ? static_cast<__mmask16>(0xFFFF)
-                                         : static_cast<__mmask16>((1u << nt) - 1);
-#pragma GCC unroll 12
-  for (int m = 0; m < MR; ++m) {
-    float* ym = y + m * ldy;
-    const __m512 sum = first ? acc[m] : _mm512_add_ps(_mm512_maskz_loadu_ps(keep, ym), acc[m]);
-    _mm512_mask_storeu_ps(ym, keep, sum);
-  }
-}
-
+// Activation rows per block of the paired many-row path below.
 constexpr int kMicroRows512 = 12;
-const MicroFn kMicroAvx512[kMicroRows512] = {
-    micro_avx512<1>, micro_avx512<2>, micro_avx512<3>,  micro_avx512<4>,
-    micro_avx512<5>, micro_avx512<6>, micro_avx512<7>,  micro_avx512<8>,
-    micro_avx512<9>, micro_avx512<10>, micro_avx512<11>, micro_avx512<12>};
 
 // Weight columns per tile of the paired many-row path below.
 constexpr int64_t kPairCols = 2 * kTileRows;
@@ -1053,7 +1025,7 @@ MLXNK_AVX512 inline __mmask16 lanes_mask(int64_t n) {
 // y[m * ldy + r] (+)= Σ_k xp[k · MR + m] · tile[k][r] for MR ≤ 12 rows and the tile's nt ≤ 32
 // columns: two weight vectors per k, so each broadcast activation feeds two multiply-adds
 // (24 accumulators of the 32 registers), read from activations packed [k][row] through one
-// pointer. Per output the sum runs over k in order, as in micro_avx512.
+// pointer. Per output the sum runs over k in order, as in micro_avx2.
 template <int MR>
 MLXNK_AVX512 void micro_pair_avx512(const float* xp, const float* tile, int64_t kc, float* y,
                                     int64_t ldy, int64_t nt, bool first) {
@@ -1308,24 +1280,20 @@ void dense_avx2(const DMatrix& w, const float* x, int64_t ldx, int64_t M, float*
     return;
   }
   if constexpr (WIDE) {
-    if (M > kMatvecRows) {
-      DensePairTiles tiles{w};
-      pair_tiles_avx512(tiles, x, ldx, M, w.K, y, ldy, n0, n1, blocks);
-      return;
-    }
+    DensePairTiles tiles{w};
+    pair_tiles_avx512(tiles, x, ldx, M, w.K, y, ldy, n0, n1, blocks);
+    return;
   }
   std::vector<float> tile(static_cast<size_t>(kTileRows * kChunk)), row(kChunk);
-  constexpr int64_t rows_per_micro = WIDE ? kMicroRows512 : kMicroRows;
-  const MicroFn* micro = WIDE ? kMicroAvx512 : kMicroAvx2;
   for (int64_t nb = n0; nb < n1; nb += kTileRows) {
     const int64_t nt = std::min(kTileRows, n1 - nb);
     for (int64_t k0 = 0; k0 < w.K; k0 += kChunk) {
       const int64_t kc = std::min(kChunk, w.K - k0);
       dense_tile(w, nb, nt, k0, kc, tile.data(), row.data());
-      for (int64_t m0 = 0; m0 < M; m0 += rows_per_micro) {
-        const int64_t mr = std::min<int64_t>(rows_per_micro, M - m0);
-        micro[mr - 1](x + m0 * ldx + k0, ldx, tile.data(), kc, y + m0 * ldy + nb, ldy, nt,
-                      k0 == 0);
+      for (int64_t m0 = 0; m0 < M; m0 += kMicroRows) {
+        const int64_t mr = std::min<int64_t>(kMicroRows, M - m0);
+        kMicroAvx2[mr - 1](x + m0 * ldx + k0, ldx, tile.data(), kc, y + m0 * ldy + nb, ldy, nt,
+                           k0 == 0);
       }
     }
   }
