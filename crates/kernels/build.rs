@@ -4,13 +4,14 @@
 use std::env;
 use std::path::PathBuf;
 
-const SOURCES: [&str; 7] = [
+const SOURCES: [&str; 8] = [
     "csrc/attention.cpp",
     "csrc/qmm.cpp",
     "csrc/gated_delta.cpp",
     "csrc/pointwise.cpp",
     "csrc/pool.cpp",
     "csrc/primitives.cpp",
+    "csrc/profile.cpp",
     "csrc/rope.cpp",
 ];
 

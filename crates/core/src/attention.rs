@@ -75,24 +75,18 @@ impl GatedAttention {
         tap.linear(&[Proj::QProj, Proj::KProj, Proj::VProj], x)?;
         let hd = self.head_dim;
         // The query and its gate are interleaved per head: [q_0 | gate_0 | q_1 | gate_1 | …].
-        let qg = self
-            .q_proj
-            .forward(x)?
-            .reshape(&[b, t, self.heads, 2 * hd])?;
+        let [q, k, v]: [Array; 3] =
+            Linear::forward_many(&[&self.q_proj, &self.k_proj, &self.v_proj], x)?
+                .try_into()
+                .expect("one output per projection");
+        let qg = q.reshape(&[b, t, self.heads, 2 * hd])?;
         let q = slice_axis(&qg, -1, 0, hd)?;
         let gate = slice_axis(&qg, -1, hd, 2 * hd)?.reshape(&[b, t, self.heads * hd])?;
         let q = self.q_norm.forward(&q)?;
-        let k =
-            self.k_norm.forward(
-                &self
-                    .k_proj
-                    .forward(x)?
-                    .reshape(&[b, t, self.kv_heads, hd])?,
-            )?;
-        let v = self
-            .v_proj
-            .forward(x)?
-            .reshape(&[b, t, self.kv_heads, hd])?;
+        let k = self
+            .k_norm
+            .forward(&k.reshape(&[b, t, self.kv_heads, hd])?)?;
+        let v = v.reshape(&[b, t, self.kv_heads, hd])?;
         let [q, k, v] = [q, k, v].map(|a| a.transpose_axes(&[0, 2, 1, 3]));
         let position = offset as i32;
         let rotate = |a: Array| -> Result<Array> {

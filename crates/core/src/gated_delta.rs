@@ -115,14 +115,18 @@ impl GatedDeltaNet {
             &[Proj::InProjQkv, Proj::InProjZ, Proj::InProjB, Proj::InProjA],
             x,
         )?;
-        let gated = self.mixer.mix(
-            &self.in_proj_qkv.forward(x)?,
-            &self.in_proj_z.forward(x)?,
-            &self.in_proj_a.forward(x)?,
-            &self.in_proj_b.forward(x)?,
-            state,
-            MixPath::Auto,
-        )?;
+        let [qkv, z, a, b]: [Array; 4] = Linear::forward_many(
+            &[
+                &self.in_proj_qkv,
+                &self.in_proj_z,
+                &self.in_proj_a,
+                &self.in_proj_b,
+            ],
+            x,
+        )?
+        .try_into()
+        .expect("one output per projection");
+        let gated = self.mixer.mix(&qkv, &z, &a, &b, state, MixPath::Auto)?;
         tap.linear(&[Proj::OutProj], &gated)?;
         self.out_proj.forward(&gated)
     }

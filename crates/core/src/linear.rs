@@ -6,7 +6,7 @@
 //! primitives with AVX2/NEON, multi-threaded); `MLX_NODE_KERNELS=0` turns them off, and
 //! whatever they do not handle (other devices, shapes) goes to MLX's own ops.
 
-use mlx_node_kernels::Isa;
+use mlx_node_kernels::{Isa, QuantizedWeight};
 use mlx_rs::ops::{dequantize, gather_mm, gather_qmm, quantized_matmul};
 use mlx_rs::{Array, Dtype};
 
@@ -70,6 +70,42 @@ impl Linear {
                 }
             }
         })
+    }
+}
+
+impl Linear {
+    /// Our kernels' view of the weight, when it is quantized.
+    pub(crate) fn quantized(&self) -> Option<QuantizedWeight<'_>> {
+        match &self.0 {
+            Weight::Dense(_) => None,
+            Weight::Quantized {
+                codes,
+                scales,
+                biases,
+                params,
+            } => Some(QuantizedWeight {
+                codes,
+                scales,
+                biases,
+                group_size: params.group_size as i32,
+                bits: params.bits as i32,
+            }),
+        }
+    }
+
+    /// `x · Wᵢᵀ` for each of `linears`: one node of ours when every weight is quantized and
+    /// handled (the products of one input then share one pass over the threads), else each
+    /// on its own.
+    pub fn forward_many(linears: &[&Linear], x: &Array) -> Result<Vec<Array>> {
+        let weights: Option<Vec<QuantizedWeight>> = linears.iter().map(|l| l.quantized()).collect();
+        if let Some(weights) = weights {
+            if let Some(ys) =
+                kernel(|| mlx_node_kernels::quantized_linears(x, &weights, Isa::Default))?
+            {
+                return Ok(ys);
+            }
+        }
+        linears.iter().map(|l| l.forward(x)).collect()
     }
 }
 

@@ -2,6 +2,7 @@
 //! (softmax router in float32, top-k, weights renormalised) plus a shared expert whose output
 //! is scaled by `sigmoid(shared_expert_gate(x))`.
 
+use mlx_node_kernels::Isa;
 use mlx_rs::ops::indexing::take_along_axis;
 use mlx_rs::ops::{argpartition_axis, sigmoid, softmax_axis};
 use mlx_rs::{Array, Dtype};
@@ -9,7 +10,7 @@ use mlx_rs::{Array, Dtype};
 use crate::activation::silu_mul;
 use crate::config::ModelConfig;
 use crate::error::Result;
-use crate::linear::{slice_axis, ExpertBank, Linear};
+use crate::linear::{kernel, slice_axis, ExpertBank, Linear};
 use crate::tap::{Proj, Tap};
 use crate::weights::WeightStore;
 
@@ -40,7 +41,7 @@ impl SwiGlu {
         if !reads.is_empty() {
             tap.linear(reads, x)?;
         }
-        let h = silu_mul(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?;
+        let h = swiglu(&self.gate_proj, &self.up_proj, x)?;
         tap.linear(&[reads_down], &h)?;
         self.down_proj.forward(&h)
     }
@@ -49,6 +50,17 @@ impl SwiGlu {
     pub fn forward(&self, x: &Array, tap: &mut Tap) -> Result<Array> {
         self.forward_as(x, tap, &[Proj::GateProj, Proj::UpProj], Proj::DownProj)
     }
+}
+
+/// `silu(x · Gᵀ) · (x · Uᵀ)` for `gate` G and `up` U: one node of ours when both are quantized
+/// and handled, else the two products and [`silu_mul`].
+fn swiglu(gate: &Linear, up: &Linear, x: &Array) -> Result<Array> {
+    if let (Some(g), Some(u)) = (gate.quantized(), up.quantized()) {
+        if let Some(y) = kernel(|| mlx_node_kernels::quantized_swiglu(x, g, u, Isa::Default))? {
+            return Ok(y);
+        }
+    }
+    silu_mul(&gate.forward(x)?, &up.forward(x)?)
 }
 
 pub struct SparseMoe {

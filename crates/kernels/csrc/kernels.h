@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <vector>
 
 namespace mlxnk {
@@ -132,6 +133,12 @@ int pool_threads();
 // Runs fn(0) … fn(n - 1), spread over the pool; returns when all have finished. A call made
 // while the pool is busy with another caller's work runs on the calling thread alone.
 void parallel_for(int64_t n, const std::function<void(int64_t)>& fn);
+
+// MLX_NODE_PROFILE=1 (profile.cpp): our tasks timed by what they are (`what`), and the time
+// between them, printed to stderr at exit.
+bool profiling();
+double profile_clock();  // seconds
+void profile_task(const std::string& what, double start, double end);
 
 // Half-precision conversions (round to nearest even), used by the primitives too.
 float bf16_to_f32(uint16_t h);

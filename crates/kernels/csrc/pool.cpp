@@ -54,8 +54,9 @@ struct Job {
   const std::function<void(int64_t)>* fn = nullptr;
   int64_t n = 0;
   std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-  int users = 0;  // workers inside run(); guarded by Pool::mu_
+  // Workers inside run(); each leaves with its last access to the job, so the caller may
+  // return once this is 0 and no worker can join any more.
+  std::atomic<int> users{0};
 };
 
 void run(Job* job) {
@@ -63,7 +64,6 @@ void run(Job* job) {
     const int64_t i = job->next.fetch_add(1, std::memory_order_relaxed);
     if (i >= job->n) return;
     (*job->fn)(i);
-    job->done.fetch_add(1, std::memory_order_release);
   }
 }
 
@@ -92,17 +92,17 @@ class Pool {
     }
     wake_.notify_all();
     run(&job);
-    // Most jobs end within microseconds of the caller's last task.
-    const auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(50);
-    while (job.done.load(std::memory_order_acquire) != n &&
-           std::chrono::steady_clock::now() < spin_until) {
-      cpu_relax();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      job_ = nullptr;  // no worker joins it any more
     }
-    std::unique_lock<std::mutex> lock(mu_);
-    job_ = nullptr;  // no worker joins it any more
-    finished_.wait(lock, [&] {
-      return job.users == 0 && job.done.load(std::memory_order_acquire) == n;
-    });
+    // A worker still inside run() is finishing its last task. Waiting by spinning (yielding
+    // now and then, so that a worker the scheduler preempted gets a core back) costs less
+    // than sleeping and being woken, which takes longer than most jobs' tails.
+    for (int spins = 1; job.users.load(std::memory_order_acquire) != 0; ++spins) {
+      cpu_relax();
+      if (spins % 64 == 0) std::this_thread::yield();
+    }
   }
 
  private:
@@ -123,11 +123,10 @@ class Pool {
         seen = generation_.load(std::memory_order_relaxed);
         job = job_;
         if (job == nullptr) continue;
-        ++job->users;
+        job->users.fetch_add(1, std::memory_order_relaxed);
       }
       run(job);
-      std::lock_guard<std::mutex> lock(mu_);
-      if (--job->users == 0) finished_.notify_all();
+      job->users.fetch_sub(1, std::memory_order_release);  // the last access to the job
     }
   }
 
@@ -135,7 +134,6 @@ class Pool {
   std::mutex submit_;  // one job at a time
   std::mutex mu_;
   std::condition_variable wake_;
-  std::condition_variable finished_;
   std::atomic<uint64_t> generation_{0};
   Job* job_ = nullptr;
 };

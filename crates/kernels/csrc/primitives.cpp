@@ -249,6 +249,54 @@ void eval_qmm(mx::array& out, const mx::array& x, const mx::array& w, const mx::
   store_output(out, y, static_cast<size_t>(M * N));
 }
 
+struct LinearParams {
+  int group_size;
+  int bits;
+  bool operator==(const LinearParams&) const = default;
+};
+
+// x times each quantized matrix of `in` (after x: w, scales, biases per matrix) as one task:
+// x converted and packed once, one pass of the pool over the column pieces of all products
+// (a layer's small projections share the threads instead of each waking them). glu: the one
+// output is silu(x·W0ᵀ) · (x·W1ᵀ), float32.
+void eval_linears(std::vector<mx::array>& outs, const std::vector<mx::array>& in,
+                  const std::vector<LinearParams>& params, bool glu, Isa isa) {
+  const mx::array& x = in[0];
+  const int64_t K = x.shape(-1);
+  const int64_t M = K == 0 ? 0 : static_cast<int64_t>(x.size()) / K;
+  if (M == 0) return;
+  std::vector<float> xbuf;
+  const float* xf = as_f32(x, xbuf);
+  const std::vector<float> blocks = pack_row_blocks(isa, xf, K, M, K);
+  const size_t n = params.size();
+  std::vector<Weights> weights;
+  weights.reserve(n);  // their QMatrix points into their own buffers: never reallocated
+  std::vector<std::vector<float>> ybufs(n);
+  std::vector<float*> ys(n);
+  std::vector<Piece> pieces;
+  for (size_t i = 0; i < n; ++i) {
+    weights.emplace_back(in[1 + 3 * i], in[2 + 3 * i], in[3 + 3 * i], params[i].group_size,
+                         params[i].bits);
+    const int64_t N = weights.back().q.N;
+    if (glu || outs[i].dtype() != mx::float32) {
+      ybufs[i].resize(static_cast<size_t>(M * N));
+      ys[i] = ybufs[i].data();
+    } else {
+      ys[i] = outs[i].data<float>();
+    }
+    add_pieces(pieces, weights.back().q, xf, M, ys[i], column_chunks(N, K, M),
+               blocks.empty() ? nullptr : blocks.data());
+  }
+  run_pieces(isa, pieces);
+  if (glu) {
+    pointwise(PointwiseOp::SiluMul, ys[0], ys[1], M * weights[0].q.N, outs[0].data<float>());
+    return;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    store_output(outs[i], ys[i], static_cast<size_t>(M * weights[i].q.N));
+  }
+}
+
 void eval_dense(mx::array& out, const mx::array& x, const mx::array& w, Isa isa) {
   const int64_t K = x.shape(-1);
   const int64_t N = w.shape(0);
@@ -363,13 +411,13 @@ void eval_gather(mx::array& out, const mx::array& x, const mx::array& w, const m
 // ---------------------------------------------------------------------------------------------
 // The primitives.
 
-// Runs fn(inputs, outputs) as the stream's CPU task once every output has a buffer. The task
-// sees weak copies: the graph keeps the arrays alive until it has run.
+// Runs fn(inputs, outputs) as the CPU task of `prim` on its stream once every output has a
+// buffer. The task sees weak copies: the graph keeps the arrays alive until it has run.
 template <class F>
-void run_on_cpu(const mx::Stream& stream, const std::vector<mx::array>& inputs,
+void run_on_cpu(mx::Primitive& prim, const std::vector<mx::array>& inputs,
                 std::vector<mx::array>& outputs, F fn) {
   for (auto& out : outputs) out.set_data(mx::allocator::malloc(out.nbytes()));
-  auto& encoder = mx::cpu::get_command_encoder(stream);
+  auto& encoder = mx::cpu::get_command_encoder(prim.stream());
   std::vector<mx::array> ins, outs;
   for (const auto& in : inputs) {
     encoder.set_input_array(in);
@@ -379,17 +427,36 @@ void run_on_cpu(const mx::Stream& stream, const std::vector<mx::array>& inputs,
     encoder.set_output_array(out);
     outs.push_back(mx::array::unsafe_weak_copy(out));
   }
-  encoder.dispatch([ins = std::move(ins), outs = std::move(outs), fn = std::move(fn)]() mutable {
+  std::string label;
+  if (profiling()) {
+    label = prim.name();
+    for (const auto& out : outputs) {
+      label += " [";
+      for (size_t d = 0; d < out.ndim(); ++d) {
+        if (d > 0) label += ',';
+        label += std::to_string(out.shape(static_cast<int>(d)));
+      }
+      label += "]";
+    }
+  }
+  encoder.dispatch([ins = std::move(ins), outs = std::move(outs), fn = std::move(fn),
+                    label = std::move(label)]() mutable {
+    if (label.empty()) {
+      fn(ins, outs);
+      return;
+    }
+    const double start = profile_clock();
     fn(ins, outs);
+    profile_task(label, start, profile_clock());
   });
 }
 
 // The one-output form: fn(inputs, out).
 template <class F>
-void run_on_cpu(const mx::Stream& stream, const std::vector<mx::array>& inputs, mx::array& out,
+void run_on_cpu(mx::Primitive& prim, const std::vector<mx::array>& inputs, mx::array& out,
                 F fn) {
   std::vector<mx::array> outputs{out};  // the same array (arrays are handles)
-  run_on_cpu(stream, inputs, outputs,
+  run_on_cpu(prim, inputs, outputs,
              [fn = std::move(fn)](const std::vector<mx::array>& in,
                                   std::vector<mx::array>& outs) mutable { fn(in, outs[0]); });
 }
@@ -421,7 +488,7 @@ class QuantizedMatmulCpu : public CpuUnaryPrimitive {
         isa_(isa) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    run_on_cpu(stream(), inputs, out,
+    run_on_cpu(*this, inputs, out,
                [gs = group_size_, bits = bits_, isa = isa_](const std::vector<mx::array>& in,
                                                             mx::array& y) {
                  eval_qmm(y, in[0], in[1], in[2], in[3], gs, bits, isa);
@@ -456,7 +523,7 @@ class GatherQmmCpu : public CpuUnaryPrimitive {
         isa_(isa) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    run_on_cpu(stream(), inputs, out,
+    run_on_cpu(*this, inputs, out,
                [gs = group_size_, bits = bits_, isa = isa_](const std::vector<mx::array>& in,
                                                             mx::array& y) {
                  eval_gather(y, in[0], in[1], in[2], in[3], in[4], in[5], gs, bits, isa);
@@ -484,6 +551,51 @@ class GatherQmmCpu : public CpuUnaryPrimitive {
 };
 
 
+// Inputs x, then w, scales, biases of each matrix; one output per matrix, or with glu the one
+// silu(x·W0ᵀ) · (x·W1ᵀ) (see eval_linears).
+class QuantizedLinearsCpu : public mx::Primitive {
+ public:
+  QuantizedLinearsCpu(mx::Stream stream, std::vector<LinearParams> params, bool glu, Isa isa)
+      : mx::Primitive(stream), params_(std::move(params)), glu_(glu), isa_(isa) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    run_on_cpu(*this, inputs, outputs,
+               [params = params_, glu = glu_, isa = isa_](const std::vector<mx::array>& in,
+                                                          std::vector<mx::array>& outs) {
+                 eval_linears(outs, in, params, glu, isa);
+               });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error(
+        "[mlx-node kernels] QuantizedLinears runs on CPU streams only; use MLX's "
+        "quantized_matmul on other devices");
+  }
+
+  const char* name() const override { return "MlxNodeQuantizedLinears"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto* o = dynamic_cast<const QuantizedLinearsCpu*>(&other);
+    return o != nullptr && o->params_ == params_ && o->glu_ == glu_ && o->isa_ == isa_;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    std::vector<mx::Shape> shapes;
+    for (size_t i = 0; i < (glu_ ? 1 : params_.size()); ++i) {
+      auto shape = inputs[0].shape();
+      shape.back() = inputs[1 + 3 * i].shape(-2);
+      shapes.push_back(std::move(shape));
+    }
+    return shapes;
+  }
+
+ private:
+  std::vector<LinearParams> params_;
+  bool glu_;
+  Isa isa_;
+};
+
+
 // Inputs: qkv, z, a, b, conv_weight, conv_state, neg_a, dt_bias, norm_weight, state (all
 // float32); outputs: y, the new conv window, the new state.
 class GatedDeltaCpu : public mx::Primitive {
@@ -494,7 +606,7 @@ class GatedDeltaCpu : public mx::Primitive {
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     // No input is donated to an output: each output's node holds the inputs, so none is
     // ever the only reference; the kernel reads the old state while it writes the new one.
-    run_on_cpu(stream(), inputs, outputs,
+    run_on_cpu(*this, inputs, outputs,
                [hk = hk_, hv = hv_, eps = eps_, isa = isa_](const std::vector<mx::array>& in,
                                                             std::vector<mx::array>& outs) {
                  eval_gated_delta(in, outs, hk, hv, eps, isa);
@@ -565,7 +677,7 @@ class PointwiseCpu : public CpuUnaryPrimitive {
       : CpuUnaryPrimitive(stream, "ops"), op_(op), eps_(eps) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    run_on_cpu(stream(), inputs, out,
+    run_on_cpu(*this, inputs, out,
                [op = op_, eps = eps_](const std::vector<mx::array>& in, mx::array& y) {
                  std::vector<float> abuf, bbuf;
                  const float* pa = as_f32(in[0], abuf);
@@ -608,7 +720,7 @@ class AttentionCpu : public CpuUnaryPrimitive {
         isa_(isa) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    run_on_cpu(stream(), inputs, out,
+    run_on_cpu(*this, inputs, out,
                [scale = scale_, causal = causal_, isa = isa_](const std::vector<mx::array>& in,
                                                               mx::array& y) {
                  const mx::array &q = in[0], &k = in[1], &v = in[2];
@@ -663,7 +775,7 @@ class DenseMatmulCpu : public CpuUnaryPrimitive {
       : CpuUnaryPrimitive(stream, "matmul"), isa_(isa) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    run_on_cpu(stream(), inputs, out, [isa = isa_](const std::vector<mx::array>& in, mx::array& y) {
+    run_on_cpu(*this, inputs, out, [isa = isa_](const std::vector<mx::array>& in, mx::array& y) {
       eval_dense(y, in[0], in[1], isa);
     });
   }
@@ -693,7 +805,7 @@ class RopeCpu : public CpuUnaryPrimitive {
       : CpuUnaryPrimitive(stream, "fast::rope"), dims_(dims), offset_(offset) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    run_on_cpu(stream(), inputs, out,
+    run_on_cpu(*this, inputs, out,
                [dims = dims_, offset = offset_](const std::vector<mx::array>& in, mx::array& y) {
                  const mx::array& x = in[0];
                  std::vector<float> xbuf, fbuf;
@@ -773,6 +885,56 @@ int quantized_matmul(mlx_array* res, mlx_array x_in, mlx_array w_in, mlx_array s
   mlx_array_set_(*res, mx::array(std::move(shape), dtype,
                                  std::make_shared<QuantizedMatmulCpu>(stream, gs, bits, isa_arg(isa)),
                                  {x, w, s, b}));
+  return kOk;
+}
+
+// x times `count` quantized matrices (weights: w, scales, biases of each); glu needs count 2,
+// matrices of one shape and a float32 result. Not handled unless every product is one
+// quantized_matmul would hand us.
+int quantized_linears(mlx_array* res, mlx_array x_in, const mlx_array* weights_in,
+                      const int* group_sizes, const int* bits, int count, int glu, int isa,
+                      mlx_stream stream_in) {
+  const mx::Stream stream = mlx_stream_get_(stream_in);
+  if (stream.device.type != mx::Device::DeviceType::cpu || count < 1) return kNotHandled;
+  if (glu != 0 && count != 2) return kNotHandled;
+  if (x_in.ctx == nullptr) return kNotHandled;
+  const mx::array& x = mlx_array_get_(x_in);
+  if (x.ndim() < 1 || !float_type(x.dtype())) return kNotHandled;
+  std::vector<mx::array> inputs{x};
+  std::vector<LinearParams> params;
+  std::vector<mx::Shape> shapes;
+  std::vector<mx::Dtype> dtypes;
+  for (int i = 0; i < count; ++i) {
+    for (int j = 0; j < 3; ++j) {
+      if (weights_in[3 * i + j].ctx == nullptr) return kNotHandled;
+    }
+    const mx::array& w = mlx_array_get_(weights_in[3 * i]);
+    const mx::array& s = mlx_array_get_(weights_in[3 * i + 1]);
+    const mx::array& b = mlx_array_get_(weights_in[3 * i + 2]);
+    if (!supported_params(group_sizes[i], bits[i]) ||
+        !weights_ok(w, s, b, group_sizes[i], bits[i], 0) ||
+        static_cast<int64_t>(x.shape(-1)) * bits[i] != static_cast<int64_t>(w.shape(-1)) * 32) {
+      return kNotHandled;
+    }
+    inputs.insert(inputs.end(), {w, s, b});
+    params.push_back(LinearParams{group_sizes[i], bits[i]});
+    auto shape = x.shape();
+    shape.back() = w.shape(-2);
+    shapes.push_back(std::move(shape));
+    dtypes.push_back(mx::promote_types(x.dtype(), s.dtype()));
+  }
+  if (glu != 0) {
+    if (shapes[0] != shapes[1] || dtypes[0] != mx::float32 || dtypes[1] != mx::float32) {
+      return kNotHandled;
+    }
+    shapes.pop_back();
+    dtypes.pop_back();
+  }
+  auto outs = mx::array::make_arrays(
+      std::move(shapes), dtypes,
+      std::make_shared<QuantizedLinearsCpu>(stream, std::move(params), glu != 0, isa_arg(isa)),
+      inputs);
+  for (size_t i = 0; i < outs.size(); ++i) mlx_array_set_(res[i], outs[i]);
   return kOk;
 }
 
@@ -987,6 +1149,17 @@ int mlxnk_quantized_matmul(mlx_array* res, mlx_array x, mlx_array w, mlx_array s
                            mlx_stream stream) {
   return mlxnk::guarded([&] {
     return mlxnk::quantized_matmul(res, x, w, scales, biases, group_size, bits, isa, stream);
+  });
+}
+
+// x times `count` quantized matrices (weights: w, scales, biases of each; group_sizes and
+// bits: one each) as one node: res[i] = quantized_matmul(x, w_i, …), or with glu = 1 (count 2,
+// float32) the one output res[0] = silu(x·W0ᵀ) · (x·W1ᵀ). res holds count (glu: 1) handles.
+int mlxnk_quantized_linears(mlx_array* res, mlx_array x, const mlx_array* weights,
+                            const int* group_sizes, const int* bits, int count, int glu, int isa,
+                            mlx_stream stream) {
+  return mlxnk::guarded([&] {
+    return mlxnk::quantized_linears(res, x, weights, group_sizes, bits, count, glu, isa, stream);
   });
 }
 

@@ -6,6 +6,8 @@
 //!   true)` in affine mode, 2/3/4/5/6/8 bits, groups 32/64/128.
 //! * [`gather_qmm`]: the same per gathered matrix, like MLX's `gather_qmm` (mixture-of-experts
 //!   banks, `rhs_indices` = the experts of each token).
+//! * [`quantized_linears`]: one `x` times several quantized matrices as one node (a layer's
+//!   input projections); [`quantized_swiglu`]: `silu(x·Gᵀ) · (x·Uᵀ)` as one node.
 //! * [`dense_matmul`]: `x · wᵀ` for a plain float32/bfloat16/float16 `w` (the layers a
 //!   mixed-precision recipe keeps unquantized, and unquantized checkpoints), float32 `x`.
 //! * [`attention`]: MLX's `scaled_dot_product_attention` (no mask or causal), float32.
@@ -105,6 +107,18 @@ mod ffi {
             freqs: mlx_array,
             dims: i32,
             offset: i32,
+            stream: mlx_stream,
+        ) -> i32;
+        #[allow(clippy::too_many_arguments)]
+        pub fn mlxnk_quantized_linears(
+            res: *mut mlx_array,
+            x: mlx_array,
+            weights: *const mlx_array,
+            group_sizes: *const i32,
+            bits: *const i32,
+            count: i32,
+            glu: i32,
+            isa: i32,
             stream: mlx_stream,
         ) -> i32;
         pub fn mlxnk_last_error() -> *const std::ffi::c_char;
@@ -249,6 +263,81 @@ pub fn quantized_matmul_isa(
         );
         finish(status, res)
     }
+}
+
+/// One affine quantized matrix: packed codes `[N, K · bits / 32]` (uint32) with its scales and
+/// biases `[N, K / group_size]`.
+#[derive(Clone, Copy)]
+pub struct QuantizedWeight<'a> {
+    pub codes: &'a Array,
+    pub scales: &'a Array,
+    pub biases: &'a Array,
+    pub group_size: i32,
+    pub bits: i32,
+}
+
+/// Runs mlxnk_quantized_linears for `weights`, expecting `outputs` results.
+fn linears(
+    x: &Array,
+    weights: &[QuantizedWeight],
+    glu: bool,
+    isa: Isa,
+) -> Result<Option<Vec<Array>>> {
+    let stream = Stream::thread_local_or_default();
+    let handles: Vec<mlx_array> = weights
+        .iter()
+        .flat_map(|w| [w.codes, w.scales, w.biases].map(Array::as_ptr))
+        .collect();
+    let group_sizes: Vec<i32> = weights.iter().map(|w| w.group_size).collect();
+    let bits: Vec<i32> = weights.iter().map(|w| w.bits).collect();
+    let outputs = if glu { 1 } else { weights.len() };
+    // SAFETY: every handle is a live array/stream; res holds `outputs` fresh handles, which the
+    // function fills on success (we take ownership of each) and finish frees otherwise.
+    unsafe {
+        let mut res: Vec<mlx_array> = (0..outputs).map(|_| mlx_sys::mlx_array_new()).collect();
+        let status = ffi::mlxnk_quantized_linears(
+            res.as_mut_ptr(),
+            x.as_ptr(),
+            handles.as_ptr(),
+            group_sizes.as_ptr(),
+            bits.as_ptr(),
+            weights.len() as i32,
+            i32::from(glu),
+            isa as i32,
+            stream.as_ptr(),
+        );
+        let mut arrays = Vec::with_capacity(outputs);
+        for r in res {
+            arrays.push(finish(status, r)?);
+        }
+        Ok(arrays.into_iter().collect())
+    }
+}
+
+/// `x · dequantize(wᵢ)ᵀ` for every matrix of `weights` (each as [`quantized_matmul`] computes
+/// it), as one graph node whose evaluation spreads all the products over the threads at once;
+/// `Ok(None)` when any of them is not handled here.
+pub fn quantized_linears(
+    x: &Array,
+    weights: &[QuantizedWeight],
+    isa: Isa,
+) -> Result<Option<Vec<Array>>> {
+    if weights.is_empty() {
+        return Ok(Some(Vec::new()));
+    }
+    linears(x, weights, false, isa)
+}
+
+/// SwiGLU's `silu(x · Gᵀ) · (x · Uᵀ)` as one node (the products as [`quantized_matmul`], the
+/// gating as [`silu_mul`]); `Ok(None)` unless both are handled, of one shape, and the result
+/// is float32.
+pub fn quantized_swiglu(
+    x: &Array,
+    gate: QuantizedWeight,
+    up: QuantizedWeight,
+    isa: Isa,
+) -> Result<Option<Array>> {
+    Ok(linears(x, &[gate, up], true, isa)?.map(|mut v| v.remove(0)))
 }
 
 /// MLX's affine `gather_qmm(x, w, scales, biases, lhs_indices, rhs_indices, transpose = true)`:

@@ -62,14 +62,23 @@ pub fn to_f32_vec(a: &Array) -> Vec<f32> {
 /// freed last, which in a loop over ISAs holds the previous ISA's correct result and would
 /// hide outputs a kernel never writes.
 pub fn eval_poisoned(y: Array, inputs: &[&Array]) -> Array {
+    eval_all_poisoned(vec![y], inputs).remove(0)
+}
+
+/// [`eval_poisoned`] for the outputs of one node, evaluated together.
+pub fn eval_all_poisoned(ys: Vec<Array>, inputs: &[&Array]) -> Vec<Array> {
     mlx_rs::transforms::eval(inputs.iter().copied()).unwrap();
-    let size: i32 = y.shape().iter().product();
-    mlx_rs::ops::full::<f32>(&[size], Array::from_f32(f32::NAN))
-        .unwrap()
-        .eval()
-        .unwrap();
-    y.eval().unwrap();
-    y
+    let poison: Vec<Array> = ys
+        .iter()
+        .map(|y| {
+            let size: i32 = y.shape().iter().product();
+            mlx_rs::ops::full::<f32>(&[size], Array::from_f32(f32::NAN)).unwrap()
+        })
+        .collect();
+    mlx_rs::transforms::eval(&poison).unwrap();
+    drop(poison);
+    mlx_rs::transforms::eval(&ys).unwrap();
+    ys
 }
 
 /// Asserts |ours − reference| ≤ tol · max|reference| elementwise (and equal shapes).
