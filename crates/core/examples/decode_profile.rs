@@ -23,6 +23,7 @@ fn cpu_times() -> Option<(u64, u64)> {
     Some((this, all))
 }
 
+use mlx_node_core::generate::greedy_token;
 use mlx_node_core::model::{Logits, Qwen35};
 use mlx_rs::{Array, Dtype};
 
@@ -54,7 +55,7 @@ fn main() {
             Logits::Last,
         )
         .unwrap();
-    let mut token = mlx_rs::ops::indexing::argmax_axis(&logits, -1, None).unwrap();
+    let mut token = greedy_token(&logits).unwrap();
     token.eval().unwrap();
     let prefill = t.elapsed().as_secs_f64();
     println!(
@@ -70,7 +71,7 @@ fn main() {
         let logits = model
             .forward(&token.reshape(&[1, 1]).unwrap(), &mut cache, Logits::Last)
             .unwrap();
-        token = mlx_rs::ops::indexing::argmax_axis(&logits, -1, None).unwrap();
+        token = greedy_token(&logits).unwrap();
         build += t.elapsed().as_secs_f64();
         let t = Instant::now();
         token.eval().unwrap();

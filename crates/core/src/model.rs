@@ -147,9 +147,18 @@ impl Qwen35 {
         }
         let t = tokens.shape()[1];
         let mut h = self.embed.lookup(tokens, self.dtype)?;
+        // The MLP's output, added to h together with the next layer's input norm.
+        let mut branch: Option<Array> = None;
         for (i, (layer, state)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
             tap.set_layer(i);
-            let x = layer.input_norm.forward(&h)?;
+            let x = match branch.take() {
+                Some(b) => {
+                    let (sum, x) = layer.input_norm.forward_after_add(&h, &b)?;
+                    h = sum;
+                    x
+                }
+                None => layer.input_norm.forward(&h)?,
+            };
             let x = match (&layer.mixer, state) {
                 (Mixer::Linear(m), LayerCache::Linear(s)) => m.forward(&x, s, tap)?,
                 (Mixer::Attention(m), LayerCache::Attention(kv)) => {
@@ -162,9 +171,12 @@ impl Qwen35 {
                     )
                 }
             };
-            h = h.add(x)?;
-            let x = layer.ffn.forward(&layer.post_norm.forward(&h)?, tap)?;
-            h = h.add(x)?;
+            let (sum, x) = layer.post_norm.forward_after_add(&h, &x)?;
+            h = sum;
+            branch = Some(layer.ffn.forward(&x, tap)?);
+        }
+        if let Some(b) = branch {
+            h = h.add(b)?;
         }
         cache.offset += t as usize;
         Ok(h)

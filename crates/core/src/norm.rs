@@ -31,4 +31,16 @@ impl RmsNorm {
         )?;
         Ok(y.as_dtype(x.dtype())?)
     }
+
+    /// The residual add before the norm, with it: `(h + x, norm(h + x))`, one node of ours for
+    /// float32 activations.
+    pub fn forward_after_add(&self, h: &Array, x: &Array) -> Result<(Array, Array)> {
+        if let Some(both) = kernel(|| mlx_node_kernels::add_rms_norm(h, x, &self.weight, self.eps))?
+        {
+            return Ok(both);
+        }
+        let sum = h.add(x)?;
+        let y = self.forward(&sum)?;
+        Ok((sum, y))
+    }
 }

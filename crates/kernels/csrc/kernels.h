@@ -112,6 +112,12 @@ void rope(const RopeArgs& args);
 // Float32 row and element ops (pointwise.cpp), spread over the pool when large.
 // y[r, :] = x[r, :] · (mean(x[r, :]²) + eps)^-½ · w for `rows` rows of D.
 void rms_norm(const float* x, const float* w, float eps, int64_t rows, int64_t D, float* y);
+// sum = h + x, then y = rms_norm(sum) · w (a residual add and the norm after it), rows of D.
+void add_rms_norm(const float* h, const float* x, const float* w, float eps, int64_t rows,
+                  int64_t D, float* sum, float* y);
+// out[r] = the first index of the largest value of row r of x [rows, n] as MLX's argmax finds
+// it: a NaN never counts, except at index 0, which then wins. `isa` resolved.
+void argmax_rows(Isa isa, const float* x, int64_t rows, int64_t n, uint32_t* out);
 enum class PointwiseOp : int { SiluMul = 0, SigmoidMul = 1 };
 // SiluMul: y = a · sigmoid(a) · b; SigmoidMul: y = a · sigmoid(b); n elements each.
 void pointwise(PointwiseOp op, const float* a, const float* b, int64_t n, float* y);

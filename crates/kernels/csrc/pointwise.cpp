@@ -64,6 +64,39 @@ __attribute__((target("avx2,fma"))) void vexp_avx2(const float* x, float* y, int
     for (int64_t j = i; j < n; ++j) y[j] = part[j - i];
   }
 }
+
+// The largest non-NaN value of x[0, n) (−inf when there is none): maxps returns its second
+// operand when either is NaN, so a NaN in x leaves the running maximum as it was.
+__attribute__((target("avx2,fma"))) float max_avx2(const float* x, int64_t n) {
+  __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0, m2 = m0, m3 = m0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    m0 = _mm256_max_ps(_mm256_loadu_ps(x + i), m0);
+    m1 = _mm256_max_ps(_mm256_loadu_ps(x + i + 8), m1);
+    m2 = _mm256_max_ps(_mm256_loadu_ps(x + i + 16), m2);
+    m3 = _mm256_max_ps(_mm256_loadu_ps(x + i + 24), m3);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, _mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3)));
+  float m = -INFINITY;
+  for (float v : lanes) m = v > m ? v : m;
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+// The first index of x[0, n) equal to v (n when there is none).
+__attribute__((target("avx2,fma"))) int64_t find_avx2(const float* x, int64_t n, float v) {
+  const __m256 vv = _mm256_set1_ps(v);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), vv, _CMP_EQ_OQ));
+    if (mask != 0) return i + __builtin_ctz(static_cast<unsigned>(mask));
+  }
+  for (; i < n; ++i) {
+    if (x[i] == v) return i;
+  }
+  return n;
+}
 #endif
 
 // Work per task: enough elements that a task outweighs handing it to another thread.
@@ -100,6 +133,40 @@ void rms_norm(const float* x, const float* w, float eps, int64_t rows, int64_t D
       for (int64_t i = 0; i < D; ++i) yr[i] = xr[i] * scale * w[i];
     }
   });
+}
+
+void add_rms_norm(const float* h, const float* x, const float* w, float eps, int64_t rows,
+                  int64_t D, float* sum, float* y) {
+  split(rows * D, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) sum[i] = h[i] + x[i];
+  });
+  rms_norm(sum, w, eps, rows, D, y);
+}
+
+// The largest value first (ignoring NaNs), then the first index that holds it: the index MLX's
+// strict `x > best` scan from element 0 ends on, unless element 0 is NaN (nothing is greater
+// than a NaN, so MLX stays at 0).
+void argmax_rows(Isa isa, const float* x, int64_t rows, int64_t n, uint32_t* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = x + r * n;
+    if (n == 0 || std::isnan(row[0])) {
+      out[r] = 0;
+      continue;
+    }
+    int64_t at = 0;
+#if defined(MLXNK_X86)
+    if (isa == Isa::Avx2 || isa == Isa::Avx512) {
+      at = find_avx2(row, n, max_avx2(row, n));
+      out[r] = static_cast<uint32_t>(at);
+      continue;
+    }
+#endif
+    (void)isa;
+    for (int64_t i = 1; i < n; ++i) {
+      if (row[i] > row[at]) at = i;
+    }
+    out[r] = static_cast<uint32_t>(at);
+  }
 }
 
 void pointwise(PointwiseOp op, const float* a, const float* b, int64_t n, float* y) {

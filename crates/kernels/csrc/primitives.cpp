@@ -710,6 +710,76 @@ class PointwiseCpu : public CpuUnaryPrimitive {
 };
 
 
+// Inputs h, x, w (float32); outputs h + x and rms_norm(h + x) · w (see add_rms_norm).
+class AddRmsNormCpu : public mx::Primitive {
+ public:
+  AddRmsNormCpu(mx::Stream stream, float eps) : mx::Primitive(stream), eps_(eps) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    run_on_cpu(*this, inputs, outputs,
+               [eps = eps_](const std::vector<mx::array>& in, std::vector<mx::array>& outs) {
+                 std::vector<float> hbuf, xbuf, wbuf;
+                 const int64_t D = in[0].shape(-1);
+                 const int64_t rows = D == 0 ? 0 : static_cast<int64_t>(in[0].size()) / D;
+                 add_rms_norm(as_f32(in[0], hbuf), as_f32(in[1], xbuf), as_f32(in[2], wbuf), eps,
+                              rows, D, outs[0].data<float>(), outs[1].data<float>());
+               });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error(
+        "[mlx-node kernels] AddRmsNorm runs on CPU streams only; use MLX's add and "
+        "fast::rms_norm on other devices");
+  }
+
+  const char* name() const override { return "MlxNodeAddRmsNorm"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto* o = dynamic_cast<const AddRmsNormCpu*>(&other);
+    return o != nullptr && o->eps_ == eps_;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {inputs[0].shape(), inputs[0].shape()};
+  }
+
+ private:
+  float eps_;
+};
+
+
+// Input x (float32); output the uint32 argmax of its last axis, like MLX's argmax.
+class ArgmaxCpu : public CpuUnaryPrimitive {
+ public:
+  ArgmaxCpu(mx::Stream stream, Isa isa) : CpuUnaryPrimitive(stream, "argmax"), isa_(isa) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    run_on_cpu(*this, inputs, out, [isa = isa_](const std::vector<mx::array>& in, mx::array& y) {
+      std::vector<float> xbuf;
+      const int64_t n = in[0].shape(-1);
+      argmax_rows(isa, as_f32(in[0], xbuf), static_cast<int64_t>(y.size()), n,
+                  y.data<uint32_t>());
+    });
+  }
+
+  const char* name() const override { return "MlxNodeArgmax"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto* o = dynamic_cast<const ArgmaxCpu*>(&other);
+    return o != nullptr && o->isa_ == isa_;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    auto shape = inputs[0].shape();
+    shape.pop_back();
+    return {shape};
+  }
+
+ private:
+  Isa isa_;
+};
+
+
 // Inputs q, k, v (float32); output o like MLX's scaled_dot_product_attention.
 class AttentionCpu : public CpuUnaryPrimitive {
  public:
@@ -1058,6 +1128,43 @@ int pointwise_op(mlx_array* res, int op, mlx_array a_in, mlx_array b_in, float e
   return kOk;
 }
 
+// h, x [.., D] and w [D], float32 on a CPU stream; not handled otherwise.
+int add_rms_norm_op(mlx_array* sum_out, mlx_array* y_out, mlx_array h_in, mlx_array x_in,
+                    mlx_array w_in, float eps, mlx_stream stream_in) {
+  const mx::Stream stream = mlx_stream_get_(stream_in);
+  if (stream.device.type != mx::Device::DeviceType::cpu) return kNotHandled;
+  if (h_in.ctx == nullptr || x_in.ctx == nullptr || w_in.ctx == nullptr) return kNotHandled;
+  const mx::array& h = mlx_array_get_(h_in);
+  const mx::array& x = mlx_array_get_(x_in);
+  const mx::array& w = mlx_array_get_(w_in);
+  for (const auto* a : {&h, &x, &w}) {
+    if (a->dtype() != mx::float32) return kNotHandled;
+  }
+  if (h.ndim() < 1 || x.shape() != h.shape() || w.ndim() != 1 || w.shape(0) != h.shape(-1)) {
+    return kNotHandled;
+  }
+  auto outs = mx::array::make_arrays({h.shape(), h.shape()}, {mx::float32, mx::float32},
+                                     std::make_shared<AddRmsNormCpu>(stream, eps), {h, x, w});
+  mlx_array_set_(*sum_out, outs[0]);
+  mlx_array_set_(*y_out, outs[1]);
+  return kOk;
+}
+
+// x [.., n] float32 with n ≥ 1 on a CPU stream; not handled otherwise.
+int argmax_op(mlx_array* res, mlx_array x_in, int isa, mlx_stream stream_in) {
+  const mx::Stream stream = mlx_stream_get_(stream_in);
+  if (stream.device.type != mx::Device::DeviceType::cpu || x_in.ctx == nullptr) {
+    return kNotHandled;
+  }
+  const mx::array& x = mlx_array_get_(x_in);
+  if (x.dtype() != mx::float32 || x.ndim() < 1 || x.shape(-1) == 0) return kNotHandled;
+  auto shape = x.shape();
+  shape.pop_back();
+  mlx_array_set_(*res, mx::array(std::move(shape), mx::uint32,
+                                 std::make_shared<ArgmaxCpu>(stream, isa_arg(isa)), {x}));
+  return kOk;
+}
+
 // q [B, Hq, T, D], k [B, Hkv, L, D], v [B, Hkv, L, Dv], Hq a multiple of Hkv, T ≤ L when
 // causal; not handled otherwise or unless float32 on a CPU stream.
 int attention_op(mlx_array* res, mlx_array q_in, mlx_array k_in, mlx_array v_in, float scale,
@@ -1191,6 +1298,17 @@ int mlxnk_gated_delta(mlx_array* y, mlx_array* conv_state, mlx_array* state,
 int mlxnk_pointwise(mlx_array* res, int op, mlx_array a, mlx_array b, float eps,
                     mlx_stream stream) {
   return mlxnk::guarded([&] { return mlxnk::pointwise_op(res, op, a, b, eps, stream); });
+}
+
+// sum = h + x and y = rms_norm(sum, weight = w, eps) over the last axis, float32.
+int mlxnk_add_rms_norm(mlx_array* sum, mlx_array* y, mlx_array h, mlx_array x, mlx_array w,
+                       float eps, mlx_stream stream) {
+  return mlxnk::guarded([&] { return mlxnk::add_rms_norm_op(sum, y, h, x, w, eps, stream); });
+}
+
+// argmax(x, axis = −1) as uint32, float32 x.
+int mlxnk_argmax(mlx_array* res, mlx_array x, int isa, mlx_stream stream) {
+  return mlxnk::guarded([&] { return mlxnk::argmax_op(res, x, isa, stream); });
 }
 
 // scaled_dot_product_attention(q, k, v, scale, mask = causal ? "causal" : none), float32.

@@ -12,7 +12,8 @@
 //!   mixed-precision recipe keeps unquantized, and unquantized checkpoints), float32 `x`.
 //! * [`attention`]: MLX's `scaled_dot_product_attention` (no mask or causal), float32.
 //! * [`rope`]: MLX's `fast::rope` (NeoX layout, scale 1) from given frequencies, float32.
-//! * [`rms_norm`], [`silu_mul`], [`sigmoid_mul`]: the per-layer row and element ops, float32.
+//! * [`rms_norm`], [`add_rms_norm`], [`silu_mul`], [`sigmoid_mul`]: the per-layer row and
+//!   element ops, float32; [`argmax`]: the greedy token of each row of logits.
 //! * [`gated_delta`]: a Gated DeltaNet layer's whole mixing between its input projections and
 //!   out_proj (conv, norms, gates, the delta rule over all tokens, the gated RMSNorm) in
 //!   float32, as one node with three outputs.
@@ -121,6 +122,17 @@ mod ffi {
             isa: i32,
             stream: mlx_stream,
         ) -> i32;
+        pub fn mlxnk_add_rms_norm(
+            sum: *mut mlx_array,
+            y: *mut mlx_array,
+            h: mlx_array,
+            x: mlx_array,
+            w: mlx_array,
+            eps: f32,
+            stream: mlx_stream,
+        ) -> i32;
+        pub fn mlxnk_argmax(res: *mut mlx_array, x: mlx_array, isa: i32, stream: mlx_stream)
+            -> i32;
         pub fn mlxnk_last_error() -> *const std::ffi::c_char;
         pub fn mlxnk_resolve_isa(isa: i32) -> i32;
         pub fn mlxnk_threads() -> i32;
@@ -514,6 +526,41 @@ fn pointwise(op: i32, a: &Array, b: &Array, eps: f32) -> Result<Option<Array>> {
 /// `x · (mean(x²) + eps)^-½ · weight` over the last axis (MLX's `fast::rms_norm`), float32.
 pub fn rms_norm(x: &Array, weight: &Array, eps: f32) -> Result<Option<Array>> {
     pointwise(-1, x, weight, eps)
+}
+
+/// A residual add and the norm after it as one node: `(h + x, rms_norm(h + x) · weight)`,
+/// float32, `h` and `x` of one shape.
+pub fn add_rms_norm(
+    h: &Array,
+    x: &Array,
+    weight: &Array,
+    eps: f32,
+) -> Result<Option<(Array, Array)>> {
+    let stream = Stream::thread_local_or_default();
+    // SAFETY: live handles; on success the function writes two new handles, which we own; on
+    // failure finish frees the fresh ones.
+    unsafe {
+        let (mut sum, mut y) = (mlx_sys::mlx_array_new(), mlx_sys::mlx_array_new());
+        let status = ffi::mlxnk_add_rms_norm(
+            &mut sum,
+            &mut y,
+            h.as_ptr(),
+            x.as_ptr(),
+            weight.as_ptr(),
+            eps,
+            stream.as_ptr(),
+        );
+        let sum = finish(status, sum)?;
+        let y = finish(status, y)?;
+        Ok(sum.zip(y))
+    }
+}
+
+/// MLX's `argmax(x, axis = −1)` (uint32, the first index of the largest value; a NaN only
+/// wins at index 0) for float32 `x`.
+pub fn argmax(x: &Array, isa: Isa) -> Result<Option<Array>> {
+    // SAFETY: live handles (see call_op).
+    call_op(|res, stream| unsafe { ffi::mlxnk_argmax(res, x.as_ptr(), isa as i32, stream) })
 }
 
 /// `a · sigmoid(a) · b` (SwiGLU's `silu(gate) · up`), float32, equal shapes.

@@ -1,12 +1,13 @@
-//! Our float32 row and element ops against the MLX ops they replace: `fast::rms_norm`,
-//! `silu(a) · b` and `x · sigmoid(g)`, on decode- and prefill-sized shapes (the large ones are
-//! split over the pool), odd sizes and non-contiguous inputs; |Δ| ≤ 1e-5 · max|y|.
+//! Our float32 row and element ops against the MLX ops they replace: `fast::rms_norm` (alone
+//! and after a residual add), `silu(a) · b`, `x · sigmoid(g)` and `argmax`, on decode- and
+//! prefill-sized shapes (the large ones are split over the pool), odd sizes and
+//! non-contiguous inputs; |Δ| ≤ 1e-5 · max|y|, the argmax exactly.
 
 mod common;
 
-use common::{assert_close, normal, Rng};
-use mlx_node_kernels::{rms_norm, sigmoid_mul, silu_mul};
-use mlx_rs::Array;
+use common::{assert_close, eval_all_poisoned, normal, Rng};
+use mlx_node_kernels::{add_rms_norm, argmax, rms_norm, sigmoid_mul, silu_mul, Isa};
+use mlx_rs::{Array, Dtype};
 
 const TOL: f32 = 1e-5;
 
@@ -32,6 +33,73 @@ fn rms_norm_matches_mlx() {
             let want = mlx_rs::fast::rms_norm(&x, Some(&w), eps).unwrap();
             assert_close(&ours, &want, TOL, &format!("rms_norm {shape:?} eps {eps}"));
         }
+    }
+}
+
+#[test]
+fn residual_add_and_norm_match_mlx() {
+    let mut rng = Rng::new(0x5eed_0302);
+    for shape in shapes() {
+        let h = normal(&shape, 0.3, &mut rng);
+        let x = normal(&shape, -0.1, &mut rng);
+        let w = normal(&[*shape.last().unwrap()], 1.0, &mut rng);
+        let (sum, y) = add_rms_norm(&h, &x, &w, 1e-6).unwrap().expect("handled");
+        let [sum, y]: [Array; 2] = eval_all_poisoned(vec![sum, y], &[&h, &x, &w])
+            .try_into()
+            .unwrap();
+        let want_sum = h.add(&x).unwrap();
+        let want = mlx_rs::fast::rms_norm(&want_sum, Some(&w), 1e-6).unwrap();
+        assert_close(&sum, &want_sum, 0.0, &format!("h + x {shape:?}"));
+        assert_close(&y, &want, TOL, &format!("rms_norm(h + x) {shape:?}"));
+    }
+    let (a, b) = (
+        normal(&[2, 8], 0.0, &mut rng),
+        normal(&[2, 9], 0.0, &mut rng),
+    );
+    let w = normal(&[8], 1.0, &mut rng);
+    assert!(
+        add_rms_norm(&a, &b, &w, 1e-6).unwrap().is_none(),
+        "shapes differ"
+    );
+}
+
+fn argmax_rows(values: &[f32], n: i32, isa: Isa) -> Vec<u32> {
+    let x = Array::from_slice(values, &[values.len() as i32 / n, n]);
+    let ours = argmax(&x, isa).unwrap().expect("handled");
+    let want = mlx_rs::ops::indexing::argmax_axis(&x, -1, false).unwrap();
+    assert_eq!(ours.dtype(), Dtype::Uint32);
+    assert_eq!(ours.shape(), want.shape());
+    let (ours, want) = (
+        ours.as_slice::<u32>().to_vec(),
+        want.as_slice::<u32>().to_vec(),
+    );
+    assert_eq!(ours, want, "argmax of {n}-wide rows on {isa:?}");
+    ours
+}
+
+#[test]
+fn argmax_matches_mlx() {
+    let mut rng = Rng::new(0x5eed_0303);
+    for isa in Isa::available() {
+        // Random rows of odd widths, and the vocabulary of Qwen3.5.
+        for (rows, n) in [(1, 1), (3, 7), (2, 33), (1, 248320), (5, 1000)] {
+            let x = normal(&[rows, n], 0.0, &mut rng);
+            argmax_rows(&x.as_slice::<f32>().to_vec(), n, isa);
+        }
+        // Ties go to the first; −0 equals 0; NaN counts only at index 0; all −inf.
+        let (nan, inf) = (f32::NAN, f32::INFINITY);
+        let tie = argmax_rows(&[1.0, 3.0, 2.0, 3.0, 3.0, 0.0, 3.0, 1.0, 3.0, 2.0], 10, isa);
+        assert_eq!(tie, [1]);
+        assert_eq!(argmax_rows(&[-0.0, 0.0, -1.0], 3, isa), [0]);
+        let mut row = vec![0.5f32; 40];
+        row[0] = nan;
+        row[9] = 2.0;
+        assert_eq!(argmax_rows(&row, 40, isa), [0]);
+        row[0] = 0.0;
+        row[3] = nan;
+        row[30] = nan;
+        assert_eq!(argmax_rows(&row, 40, isa), [9]);
+        assert_eq!(argmax_rows(&[-inf; 20], 20, isa), [0]);
     }
 }
 
