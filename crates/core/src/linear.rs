@@ -71,9 +71,7 @@ impl Linear {
             }
         })
     }
-}
 
-impl Linear {
     /// Our kernels' view of the weight, when it is quantized.
     pub(crate) fn quantized(&self) -> Option<QuantizedWeight<'_>> {
         match &self.0 {

@@ -462,17 +462,34 @@ void run_on_cpu(mx::Primitive& prim, const std::vector<mx::array>& inputs, mx::a
 }
 
 
-// A one-output primitive of ours: evaluated on CPU streams only (the engine builds it only
-// there and uses `fallback`, MLX's own op, everywhere else).
+// Primitives of ours, one output or several: evaluated on CPU streams only (the engine builds
+// them only there and uses `fallback`, MLX's own ops, everywhere else).
+[[noreturn]] void cpu_only(const char* name, const char* fallback) {
+  throw std::runtime_error(std::string("[mlx-node kernels] ") + name +
+                           " runs on CPU streams only; use MLX's " + fallback +
+                           " on other devices");
+}
+
 class CpuUnaryPrimitive : public mx::UnaryPrimitive {
  public:
   CpuUnaryPrimitive(mx::Stream stream, const char* fallback)
       : mx::UnaryPrimitive(stream), fallback_(fallback) {}
 
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
-    throw std::runtime_error(std::string("[mlx-node kernels] ") + name() +
-                             " runs on CPU streams only; use MLX's " + fallback_ +
-                             " on other devices");
+    cpu_only(name(), fallback_);
+  }
+
+ private:
+  const char* fallback_;
+};
+
+class CpuPrimitive : public mx::Primitive {
+ public:
+  CpuPrimitive(mx::Stream stream, const char* fallback)
+      : mx::Primitive(stream), fallback_(fallback) {}
+
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    cpu_only(name(), fallback_);
   }
 
  private:
@@ -553,10 +570,13 @@ class GatherQmmCpu : public CpuUnaryPrimitive {
 
 // Inputs x, then w, scales, biases of each matrix; one output per matrix, or with glu the one
 // silu(x·W0ᵀ) · (x·W1ᵀ) (see eval_linears).
-class QuantizedLinearsCpu : public mx::Primitive {
+class QuantizedLinearsCpu : public CpuPrimitive {
  public:
   QuantizedLinearsCpu(mx::Stream stream, std::vector<LinearParams> params, bool glu, Isa isa)
-      : mx::Primitive(stream), params_(std::move(params)), glu_(glu), isa_(isa) {}
+      : CpuPrimitive(stream, "quantized_matmul"),
+        params_(std::move(params)),
+        glu_(glu),
+        isa_(isa) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     run_on_cpu(*this, inputs, outputs,
@@ -564,12 +584,6 @@ class QuantizedLinearsCpu : public mx::Primitive {
                                                           std::vector<mx::array>& outs) {
                  eval_linears(outs, in, params, glu, isa);
                });
-  }
-
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error(
-        "[mlx-node kernels] QuantizedLinears runs on CPU streams only; use MLX's "
-        "quantized_matmul on other devices");
   }
 
   const char* name() const override { return "MlxNodeQuantizedLinears"; }
@@ -598,10 +612,10 @@ class QuantizedLinearsCpu : public mx::Primitive {
 
 // Inputs: qkv, z, a, b, conv_weight, conv_state, neg_a, dt_bias, norm_weight, state (all
 // float32); outputs: y, the new conv window, the new state.
-class GatedDeltaCpu : public mx::Primitive {
+class GatedDeltaCpu : public CpuPrimitive {
  public:
   GatedDeltaCpu(mx::Stream stream, int key_heads, int value_heads, float eps, Isa isa)
-      : mx::Primitive(stream), hk_(key_heads), hv_(value_heads), eps_(eps), isa_(isa) {}
+      : CpuPrimitive(stream, "ops"), hk_(key_heads), hv_(value_heads), eps_(eps), isa_(isa) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     // No input is donated to an output: each output's node holds the inputs, so none is
@@ -611,12 +625,6 @@ class GatedDeltaCpu : public mx::Primitive {
                                                             std::vector<mx::array>& outs) {
                  eval_gated_delta(in, outs, hk, hv, eps, isa);
                });
-  }
-
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error(
-        "[mlx-node kernels] GatedDelta runs on CPU streams only; use MLX's ops on other "
-        "devices");
   }
 
   const char* name() const override { return "MlxNodeGatedDelta"; }
@@ -711,9 +719,10 @@ class PointwiseCpu : public CpuUnaryPrimitive {
 
 
 // Inputs h, x, w (float32); outputs h + x and rms_norm(h + x) · w (see add_rms_norm).
-class AddRmsNormCpu : public mx::Primitive {
+class AddRmsNormCpu : public CpuPrimitive {
  public:
-  AddRmsNormCpu(mx::Stream stream, float eps) : mx::Primitive(stream), eps_(eps) {}
+  AddRmsNormCpu(mx::Stream stream, float eps)
+      : CpuPrimitive(stream, "add and fast::rms_norm"), eps_(eps) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     run_on_cpu(*this, inputs, outputs,
@@ -724,12 +733,6 @@ class AddRmsNormCpu : public mx::Primitive {
                  add_rms_norm(as_f32(in[0], hbuf), as_f32(in[1], xbuf), as_f32(in[2], wbuf), eps,
                               rows, D, outs[0].data<float>(), outs[1].data<float>());
                });
-  }
-
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error(
-        "[mlx-node kernels] AddRmsNorm runs on CPU streams only; use MLX's add and "
-        "fast::rms_norm on other devices");
   }
 
   const char* name() const override { return "MlxNodeAddRmsNorm"; }
