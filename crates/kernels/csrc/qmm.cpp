@@ -1010,6 +1010,97 @@ MLXNK_AVX512 void word_stream_avx512(const QMatrix& w, const float* xp, const fl
   }
 }
 
+// The single-row stream for 5 and 6 bits with 16-lane vectors (AVX-512F + BW): the 16 codes
+// of a 2·BITS-byte block come from one 16-byte load broadcast to the four 128-bit parts, one
+// in-part byte shuffle (each lane takes the two bytes that hold its code), one variable shift
+// and one mask; 16 codes for what decode8_avx2 spends on 8. The sums run over q − mid (as in
+// word_stream_avx2), so they stay at the size of the result; the bias term adds mid · s back.
+#define MLXNK_AVX512BW __attribute__((target("avx512f,avx512bw,avx2,fma,f16c")))
+
+template <int BITS>
+struct Unpack16 {
+  alignas(64) int8_t shuffle[64];
+  alignas(64) int32_t shift[16];
+  constexpr Unpack16() : shuffle(), shift() {
+    for (int i = 0; i < 16; ++i) {
+      const int bit = i * BITS;
+      const int byte0 = bit / 8;
+      shuffle[4 * i] = static_cast<int8_t>(byte0);
+      shuffle[4 * i + 1] = static_cast<int8_t>(byte0 + 1 < 2 * BITS ? byte0 + 1 : -128);
+      shuffle[4 * i + 2] = -128;
+      shuffle[4 * i + 3] = -128;
+      shift[i] = bit % 8;
+    }
+  }
+};
+template <int BITS>
+inline constexpr Unpack16<BITS> kUnpack16{};
+
+// The 16 codes of the block at p, minus mid, as floats. EXACT: read only the block's bytes.
+template <int BITS, bool EXACT>
+MLXNK_AVX512BW inline __m512 centred16_avx512(const uint8_t* p, __m512i shuffle, __m512i shift,
+                                              __m512i mid) {
+  __m128i raw;
+  if constexpr (EXACT) {
+    alignas(16) uint8_t part[16] = {};
+    std::memcpy(part, p, 2 * BITS);
+    raw = _mm_load_si128(reinterpret_cast<const __m128i*>(part));
+  } else {
+    raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  }
+  __m512i v = _mm512_shuffle_epi8(_mm512_broadcast_i32x4(raw), shuffle);
+  v = _mm512_and_si512(_mm512_srlv_epi32(v, shift), _mm512_set1_epi32((1 << BITS) - 1));
+  return _mm512_cvtepi32_ps(_mm512_sub_epi32(v, mid));
+}
+
+template <int BITS, bool EXACT>
+MLXNK_AVX512BW float straddle_row_avx512(const uint8_t* c, const float* s, const float* b,
+                                         int64_t G, int gs, const float* x, const float* xsum) {
+  const __m512i shuffle = _mm512_load_si512(kUnpack16<BITS>.shuffle);
+  const __m512i shift = _mm512_load_si512(kUnpack16<BITS>.shift);
+  const __m512i mid = _mm512_set1_epi32(1 << (BITS - 1));
+  __m512 tot = _mm512_setzero_ps();
+  for (int64_t g = 0; g < G; ++g) {
+    _mm_prefetch(reinterpret_cast<const char*>(c) + kPrefetchBytes, _MM_HINT_T0);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    for (int j = 0; j < gs; j += 32, c += 4 * BITS, x += 32) {
+      acc0 = _mm512_fmadd_ps(centred16_avx512<BITS, EXACT>(c, shuffle, shift, mid),
+                             _mm512_loadu_ps(x), acc0);
+      acc1 = _mm512_fmadd_ps(centred16_avx512<BITS, EXACT>(c + 2 * BITS, shuffle, shift, mid),
+                             _mm512_loadu_ps(x + 16), acc1);
+    }
+    tot = _mm512_fmadd_ps(_mm512_add_ps(acc0, acc1), _mm512_set1_ps(s[g]), tot);
+  }
+  return hsum_avx512(tot) + bias_dot_avx512(s, b, 1 << (BITS - 1), xsum, G);
+}
+
+template <int BITS>
+MLXNK_AVX512BW void straddle_stream_avx512(const QMatrix& w, const float* x, const float* xsum,
+                                           float* y, int64_t n0, int64_t n1, float* sbuf,
+                                           float* bbuf) {
+  const int64_t K = w.K;
+  const int gs = w.group_size;
+  const int64_t G = K / gs;
+  const int64_t rb = K * BITS / 8;
+  for (int64_t nb = n0; nb < n1; nb += kRowBatch) {
+    const RowBatch batch = row_batch(w, nb, n1, sbuf, bbuf);
+    for (int64_t r = 0; r < batch.count; ++r) {
+      const uint8_t* c = w.codes + (nb + r) * rb;
+      const float* s = batch.scales + r * G;
+      const float* b = batch.biases + r * G;
+      // The last block's 16-byte load reads 16 − 2·BITS bytes past the row.
+      y[nb + r] = c + rb + (16 - 2 * BITS) > w.codes_end
+                      ? straddle_row_avx512<BITS, true>(c, s, b, G, gs, x, xsum)
+                      : straddle_row_avx512<BITS, false>(c, s, b, G, gs, x, xsum);
+    }
+  }
+}
+
+bool has_avx512bw() {
+  static const bool bw = __builtin_cpu_supports("avx512bw");
+  return bw;
+}
+
 // Activation rows per block of the paired many-row path below.
 constexpr int kMicroRows512 = 12;
 
@@ -1352,6 +1443,12 @@ void columns_avx2(const QMatrix& w, const float* x, int64_t ldx, int64_t M, floa
           permute_gathered<8>(x, K, xp.data());
           gathered_stream_avx2(w, xp.data(), xsum.data(), x, y, n0, n1, sbuf.data(),
                                bbuf.data());
+          return;
+        }
+      }
+      if constexpr (WIDE && BITS != 3) {
+        if (has_avx512bw()) {
+          straddle_stream_avx512<BITS>(w, x, xsum.data(), y, n0, n1, sbuf.data(), bbuf.data());
           return;
         }
       }
