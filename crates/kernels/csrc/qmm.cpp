@@ -216,27 +216,27 @@ constexpr int64_t kChunk = 256;
 // per 4 rows, the tile path dequantizes (and transposes) them once for all rows.
 constexpr int64_t kMatvecRows = 6;
 
-// For 3/5/6-bit codes: per output lane i (code i of the 8-code block), which bytes of the
-// block hold it (vpshufb control, two bytes per lane suffice) and by how much to shift.
-template <int BITS>
+// For 3/5/6-bit codes: per output lane i (code i of a block of LANES codes, read as LANES
+// bytes into every 128-bit part), which bytes hold it (vpshufb control, two bytes per lane
+// suffice; a byte past the read is zero) and by how much to shift.
+template <int BITS, int LANES = 8>
 struct Unpack {
-  alignas(32) int8_t shuffle[32];
-  alignas(32) int32_t shift[8];
+  alignas(64) int8_t shuffle[4 * LANES];
+  alignas(64) int32_t shift[LANES];
   constexpr Unpack() : shuffle(), shift() {
-    for (int i = 0; i < 8; ++i) {
+    for (int i = 0; i < LANES; ++i) {
       const int bit = i * BITS;
       const int byte0 = bit / 8;
-      const int at = (i / 4) * 16 + (i % 4) * 4;  // lane i's bytes in its 128-bit half
-      shuffle[at] = static_cast<int8_t>(byte0);
-      shuffle[at + 1] = static_cast<int8_t>(byte0 + 1 < 8 ? byte0 + 1 : -128);
-      shuffle[at + 2] = -128;
-      shuffle[at + 3] = -128;
+      shuffle[4 * i] = static_cast<int8_t>(byte0);
+      shuffle[4 * i + 1] = static_cast<int8_t>(byte0 + 1 < LANES ? byte0 + 1 : -128);
+      shuffle[4 * i + 2] = -128;
+      shuffle[4 * i + 3] = -128;
       shift[i] = bit % 8;
     }
   }
 };
-template <int BITS>
-inline constexpr Unpack<BITS> kUnpack{};
+template <int BITS, int LANES = 8>
+inline constexpr Unpack<BITS, LANES> kUnpack{};
 
 // Whether reading 8 bytes at the last block of rows ending at `rows_end` may pass `end`
 // (only the straddling widths read more than their b bytes per block).
@@ -1017,25 +1017,6 @@ MLXNK_AVX512 void word_stream_avx512(const QMatrix& w, const float* xp, const fl
 // word_stream_avx2), so they stay at the size of the result; the bias term adds mid · s back.
 #define MLXNK_AVX512BW __attribute__((target("avx512f,avx512bw,avx2,fma,f16c")))
 
-template <int BITS>
-struct Unpack16 {
-  alignas(64) int8_t shuffle[64];
-  alignas(64) int32_t shift[16];
-  constexpr Unpack16() : shuffle(), shift() {
-    for (int i = 0; i < 16; ++i) {
-      const int bit = i * BITS;
-      const int byte0 = bit / 8;
-      shuffle[4 * i] = static_cast<int8_t>(byte0);
-      shuffle[4 * i + 1] = static_cast<int8_t>(byte0 + 1 < 2 * BITS ? byte0 + 1 : -128);
-      shuffle[4 * i + 2] = -128;
-      shuffle[4 * i + 3] = -128;
-      shift[i] = bit % 8;
-    }
-  }
-};
-template <int BITS>
-inline constexpr Unpack16<BITS> kUnpack16{};
-
 // The 16 codes of the block at p, minus mid, as floats. EXACT: read only the block's bytes.
 template <int BITS, bool EXACT>
 MLXNK_AVX512BW inline __m512 centred16_avx512(const uint8_t* p, __m512i shuffle, __m512i shift,
@@ -1056,8 +1037,8 @@ MLXNK_AVX512BW inline __m512 centred16_avx512(const uint8_t* p, __m512i shuffle,
 template <int BITS, bool EXACT>
 MLXNK_AVX512BW float straddle_row_avx512(const uint8_t* c, const float* s, const float* b,
                                          int64_t G, int gs, const float* x, const float* xsum) {
-  const __m512i shuffle = _mm512_load_si512(kUnpack16<BITS>.shuffle);
-  const __m512i shift = _mm512_load_si512(kUnpack16<BITS>.shift);
+  const __m512i shuffle = _mm512_load_si512(kUnpack<BITS, 16>.shuffle);
+  const __m512i shift = _mm512_load_si512(kUnpack<BITS, 16>.shift);
   const __m512i mid = _mm512_set1_epi32(1 << (BITS - 1));
   __m512 tot = _mm512_setzero_ps();
   for (int64_t g = 0; g < G; ++g) {
