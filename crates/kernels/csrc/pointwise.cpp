@@ -147,23 +147,22 @@ void add_rms_norm(const float* h, const float* x, const float* w, float eps, int
 // strict `x > best` scan from element 0 ends on, unless element 0 is NaN (nothing is greater
 // than a NaN, so MLX stays at 0).
 void argmax_rows(Isa isa, const float* x, int64_t rows, int64_t n, uint32_t* out) {
+#if defined(MLXNK_X86)
+  const bool simd = isa == Isa::Avx2 || isa == Isa::Avx512;
+#else
+  (void)isa;
+  const bool simd = false;
+#endif
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = x + r * n;
-    if (n == 0 || std::isnan(row[0])) {
-      out[r] = 0;
-      continue;
-    }
     int64_t at = 0;
+    if (n > 0 && !std::isnan(row[0])) {
 #if defined(MLXNK_X86)
-    if (isa == Isa::Avx2 || isa == Isa::Avx512) {
-      at = find_avx2(row, n, max_avx2(row, n));
-      out[r] = static_cast<uint32_t>(at);
-      continue;
-    }
+      if (simd) at = find_avx2(row, n, max_avx2(row, n));
 #endif
-    (void)isa;
-    for (int64_t i = 1; i < n; ++i) {
-      if (row[i] > row[at]) at = i;
+      for (int64_t i = 1; !simd && i < n; ++i) {
+        if (row[i] > row[at]) at = i;
+      }
     }
     out[r] = static_cast<uint32_t>(at);
   }

@@ -226,36 +226,14 @@ void run_pieces(Isa isa, const std::vector<Piece>& pieces) {
   parallel_for(static_cast<int64_t>(pieces.size()), fn);
 }
 
-void eval_qmm(mx::array& out, const mx::array& x, const mx::array& w, const mx::array& s,
-              const mx::array& b, int gs, int bits, Isa isa) {
-  const int64_t K = x.shape(-1);
-  const int64_t N = w.shape(-2);
-  const int64_t M = K == 0 ? 0 : static_cast<int64_t>(x.size()) / K;
-  if (M == 0 || N == 0) return;
-  std::vector<float> xbuf;
-  const float* xf = as_f32(x, xbuf);
-  Weights weights(w, s, b, gs, bits);
-  std::vector<float> ybuf;
-  float* y = out.data<float>();
-  if (out.dtype() != mx::float32) {
-    ybuf.resize(static_cast<size_t>(M * N));
-    y = ybuf.data();
-  }
-  std::vector<Piece> pieces;
-  const std::vector<float> blocks = pack_row_blocks(isa, xf, K, M, K);
-  add_pieces(pieces, weights.q, xf, M, y, column_chunks(N, K, M),
-             blocks.empty() ? nullptr : blocks.data());
-  run_pieces(isa, pieces);
-  store_output(out, y, static_cast<size_t>(M * N));
-}
-
 struct LinearParams {
   int group_size;
   int bits;
   bool operator==(const LinearParams&) const = default;
 };
 
-// x times each quantized matrix of `in` (after x: w, scales, biases per matrix) as one task:
+// x times each quantized matrix of `in` (after x: w, scales, biases per matrix; one for
+// quantized_matmul) as one task:
 // x converted and packed once, one pass of the pool over the column pieces of all products
 // (a layer's small projections share the threads instead of each waking them). glu: the one
 // output is silu(x·W0ᵀ) · (x·W1ᵀ), float32.
@@ -506,9 +484,10 @@ class QuantizedMatmulCpu : public CpuUnaryPrimitive {
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     run_on_cpu(*this, inputs, out,
-               [gs = group_size_, bits = bits_, isa = isa_](const std::vector<mx::array>& in,
-                                                            mx::array& y) {
-                 eval_qmm(y, in[0], in[1], in[2], in[3], gs, bits, isa);
+               [params = std::vector<LinearParams>{{group_size_, bits_}}, isa = isa_](
+                   const std::vector<mx::array>& in, mx::array& y) {
+                 std::vector<mx::array> outs{y};  // the same array (arrays are handles)
+                 eval_linears(outs, in, params, false, isa);
                });
   }
 
